@@ -1,0 +1,1 @@
+"""mcmandelbrot: multicore Mandelbrot renders through asynqueue (see its issue)."""
