@@ -309,7 +309,7 @@ class Prefetcherator:
     call's Deferred fired.
     """
 
-    __slots__ = ("ID", "nextCallTuple", "lastFetch")
+    __slots__ = ("ID", "nextCallTuple", "lastFetch", "_dNext")
 
     def __init__(self, ID=None):
         self.ID = ID
@@ -333,8 +333,8 @@ class Prefetcherator:
         if callTuple is None:
             return defer.succeed(False)
         self.nextCallTuple = callTuple
-        self.lastFetch = defer.Deferred()
-        return self._tryNext().addCallback(self._storeFirst, self.lastFetch)
+        self._dNext = defer.Deferred()
+        return self._tryNext().addCallback(self._storeFirst, self._dNext)
 
     def getNext(self):
         """D→(value, isValid, moreLeft) for the next item; (None, False,
@@ -342,8 +342,8 @@ class Prefetcherator:
         any exception from the fetch, StopIteration included, ends it."""
         if not self.isBusy():
             return defer.succeed((None, False, False))
-        dItem, self.lastFetch = self.lastFetch, defer.Deferred()
-        return dItem.addCallback(self._handOut, self.lastFetch)
+        dItem, self._dNext = self._dNext, defer.Deferred()
+        return dItem.addCallback(self._handOut, self._dNext)
 
     @staticmethod
     def _callTuple(args, kw):
@@ -356,8 +356,8 @@ class Prefetcherator:
             return (source, args[1:], kw)
         return None
 
-    @staticmethod
-    def _storeFirst(first, dFirst):
+    def _storeFirst(self, first, dFirst):
+        self.lastFetch = first
         dFirst.callback(first)
         return first[1]
 
@@ -386,8 +386,8 @@ class Prefetcherator:
             return None, False, False
         return self._tryNext().addCallback(self._relay, value, dFollowing)
 
-    @staticmethod
-    def _relay(following, value, dFollowing):
+    def _relay(self, following, value, dFollowing):
+        self.lastFetch = following
         dFollowing.callback(following)
         return value, True, following[1]
 

@@ -244,7 +244,7 @@ class AssignmentFactory:
     """
 
     def __init__(self):
-        #: series -> deque of workers with a request filed, oldest first.
+        #: series -> deque of (worker, request Deferred), oldest first.
         self.waiting = {}
         #: series -> PriorityHeap of Assignments.
         self.pending = {}
@@ -253,9 +253,17 @@ class AssignmentFactory:
         self._matching = False
 
     def request(self, worker, series):
-        """File ``worker``'s request for a task of ``series``."""
-        worker.assignments[series] = True
-        self.waiting.setdefault(series, deque()).append(worker)
+        """
+        File ``worker``'s request for a task of ``series``. The request is a
+        Deferred, listed under ``worker.assignments[series]`` until it fires
+        with the Assignment the worker then runs.
+        """
+        d = defer.Deferred()
+        assignments = getattr(worker, "assignments", None)
+        if assignments is None:
+            assignments = worker.assignments = {}
+        assignments.setdefault(series, []).append(d)
+        self.waiting.setdefault(series, deque()).append((worker, d))
         self._match(series)
 
     def new(self, task):
@@ -290,7 +298,8 @@ class AssignmentFactory:
         waiting = self.waiting.get(series)
         heap = self.pending.get(series)
         while waiting and heap:
-            self._accept(heap.pop(), waiting.popleft(), series)
+            worker, d = waiting.popleft()
+            self._accept(heap.pop(), worker, d, series)
         self._dropIfEmpty(series, heap)
 
     def _dropIfEmpty(self, series, heap):
@@ -299,10 +308,11 @@ class AssignmentFactory:
         if heap is not None and not heap and self.pending.get(series) is heap:
             del self.pending[series]
 
-    def _accept(self, assignment, worker, series):
+    def _accept(self, assignment, worker, d, series):
         """A request met an assignment: run it, and when the worker is ready
         again and still hired, file another request."""
-        del worker.assignments[series]
+        worker.assignments[series].remove(d)
+        d.callback(assignment)
         try:
             dReady = assignment.accept(worker)
         except Exception:
@@ -321,12 +331,13 @@ class AssignmentFactory:
             self.request(worker, series)
 
     def cancelRequests(self, worker):
-        """Withdraw every request of ``worker``."""
-        for series in worker.assignments:
+        """Withdraw every request of ``worker``, without firing them."""
+        for series, requests in getattr(worker, "assignments", {}).items():
             waiting = self.waiting.get(series)
-            if waiting is not None and worker in waiting:
-                waiting.remove(worker)
-        worker.assignments.clear()
+            for d in requests:
+                if waiting is not None and (worker, d) in waiting:
+                    waiting.remove((worker, d))
+            del requests[:]
 
     def cancel(self, selector):
         """Withdraw every pending task for which ``selector(task)`` is true

@@ -192,6 +192,18 @@ class ThreadWorker:
 
 # --- ThreadLooper -----------------------------------------------------------
 
+class _LegacyEvent:
+    """What ``ThreadLooper.event`` returns, for 0.9 code that stopped the
+    looper's thread by hand."""
+
+    def __init__(self, looper):
+        self.looper = looper
+
+    def set(self):
+        if self.looper.callTuple is None:
+            self.looper._inbox.put(_STOP)
+
+
 class ThreadLooper:
     """
     Runs calls, in the order received (``doNext`` ones first), in one
@@ -208,6 +220,16 @@ class ThreadLooper:
     #: Seconds the thread waits for a call before checking whether one that
     #: was handed to it got lost (it then fails with ``LOST_CALL_TEXT``).
     timeout = 60
+
+    #: 0.9 code ended the thread with ``callTuple = None; event.set()``;
+    #: that still works (see ``event``).
+    callTuple = ()
+
+    @property
+    def event(self):
+        """0.9's wake-up event: ``set()`` ends my thread if ``callTuple``
+        was set to None, as 0.9's loop did."""
+        return _LegacyEvent(self)
 
     def __init__(self, raw=False):
         self.runner = CallRunner(raw)

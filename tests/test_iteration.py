@@ -591,10 +591,20 @@ class PrefetcheratorTest(CleanReactorTestCase):
     def getAll(self, pf, n):
         return [self.successResultOf(pf.getNext()) for _ in range(n)]
 
+    def test_lastFetchIsTheItemAhead(self):
+        """0.9 exposed the prefetched (value, isValid) as lastFetch."""
+        pf = Prefetcherator()
+        self.assertTrue(self.successResultOf(pf.setup(iter([5, 6]))))
+        self.assertEqual(pf.lastFetch, (5, True))
+        self.successResultOf(pf.getNext())
+        self.assertEqual(pf.lastFetch, (6, True))
+        self.successResultOf(pf.getNext())
+        self.assertEqual(pf.lastFetch, (None, False))
+
     def test_slots(self):
-        self.assertEqual(
-            set(Prefetcherator.__slots__),
-            {"ID", "nextCallTuple", "lastFetch"})
+        self.assertTrue(
+            {"ID", "nextCallTuple", "lastFetch"} <= set(
+                Prefetcherator.__slots__))
         pf = Prefetcherator("abc")
         self.assertEqual(pf.ID, "abc")
         self.assertIsNone(Prefetcherator().ID)
