@@ -15,6 +15,7 @@ DIRECTIVES = {"language_level": "3", "embedsignature": True}
 #: Module name -> source, relative to this file.
 EXTENSIONS = {
     "asynqueue._speedups.scheduler": "asynqueue/_speedups/scheduler.pyx",
+    "asynqueue._speedups.framing": "asynqueue/_speedups/framing.pyx",
 }
 
 #: ASYNQUEUE_CYTHON_TRACE=1 builds with line tracing, for coverage and profiling.

@@ -154,9 +154,12 @@ class Queue:
         self.heap = Priority()
         self.loadInfoProducer = LoadInfoProducer()
         self._blocking = getattr(handler, "blocking", True)
+        self._place = None if self._blocking else \
+            getattr(handler, "place", None)
         self._result = None
         self._shutdownWaiters = []
         self._runFlag = True
+        self._idle = False
         self._loop()
 
     def isRunning(self):
@@ -169,9 +172,11 @@ class Queue:
         while True:
             if item is _Nothing:
                 if not heap:
+                    self._idle = True
                     self.heap.get().addCallbacks(self._loop, self._loopFailed)
                     return
                 item = heap.pop()
+            self._idle = False
             if item is None:
                 self._finish()
                 return
@@ -191,7 +196,14 @@ class Queue:
                 return d
             d.addErrback(self._handlerFailed)
             return None
-        self.handler(item).addBoth(self._taken)
+        if self._place is not None:
+            self._place(item, self.loadInfoProducer.oneLess)
+            return None
+        d = self.handler(item)
+        if d.called:
+            self.loadInfoProducer.oneLess()
+        else:
+            d.addBoth(self._taken)
         return None
 
     def _resume(self, result):
@@ -246,9 +258,13 @@ class Queue:
         return d
 
     def put(self, item):
-        """Queue ``item``."""
+        """Queue ``item``. While the loop waits for items and the handler
+        takes them as they come, it goes to the handler at once."""
         self.loadInfoProducer.oneMore()
-        self.heap.put(item)
+        if self._idle and item is not None and not self._blocking:
+            self._dispatch(item)
+        else:
+            self.heap.put(item)
 
     def cancel(self, selector, exception=None):
         """
@@ -414,23 +430,20 @@ class TaskQueue:
         timeout = kw.pop("timeout", None)
         doNext = kw.pop("doNext", False)
         doLast = kw.pop("doLast", False)
-        options = {
-            "rf": kw.pop("returnFailure", self.returnFailure),
-            "consumer": kw.get("consumer", None),
-        }
+        rf = kw.pop("returnFailure", self.returnFailure)
         task = self.taskFactory.new(func, args, kw, niceness, series, timeout)
         if doNext:
             task.rush()
         elif doLast:
             task.relax()
-        if hasattr(self, "info"):
-            options["ID"] = self.info.setCall(func, args, kw).ID
+        ID = self.info.setCall(func, args, kw).ID \
+            if hasattr(self, "info") else None
         task.cancelHook = self._cancelTask
-        task.doneOptions = options
+        task.doneOptions = (rf, kw.get("consumer", None), ID)
         if recorded:
-            task.addCallback(self.taskDone, task, **options)
+            task.addCallback(self._taskDone, task)
         else:
-            task.d.addCallback(self.taskDone, task, **options)
+            task.d.addCallback(self._taskDone, task)
         return task
 
     def update(self, func, *args, **kw):
@@ -468,6 +481,15 @@ class TaskQueue:
         self.q.subscribe(consumer)
 
     # --- Results -------------------------------------------------------
+
+    def _taskDone(self, statusResult, task):
+        """``taskDone`` with the options the task was made with; a plain
+        result goes straight through."""
+        if statusResult[0] == b'r' and task.doneOptions[2] is None:
+            return statusResult[1]
+        rf, consumer, ID = task.doneOptions
+        return self.taskDone(
+            statusResult, task, rf=rf, consumer=consumer, ID=ID)
 
     def taskDone(self, statusResult, task, **kw):
         """Turn a worker's ``(status, result)`` into the caller's result."""
@@ -521,7 +543,7 @@ class TaskQueue:
         out task's worker is asked to abandon it first."""
         if status == b't':
             _abandon(task)
-        count = task.retries.get(status, 0)
+        count = (task.retries or {}).get(status, 0)
         if count >= 1:
             return Failure(RETRIED_STATUSES[status](task))
         return self.retryTask(task, status)
@@ -532,13 +554,13 @@ class TaskQueue:
         original's late result, if any, is ignored.
         """
         retry = task.copy()
-        retry.retries = dict(task.retries)
+        retry.retries = dict(task.retries or {})
         retry.retries[status] = retry.retries.get(status, 0) + 1
         retry.rush()
         retry.doneOptions = task.doneOptions
         self.tasksBeingRetried.append(retry)
         d = retry.d
-        d.addCallback(self.taskDone, retry, **retry.doneOptions)
+        d.addCallback(self._taskDone, retry)
         d.addBoth(self._retryFinished, retry)
         self.q.put(retry)
         return d

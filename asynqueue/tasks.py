@@ -62,10 +62,12 @@ class Task:
         self.worker = None
         #: Called with this task when its Deferred is cancelled.
         self.cancelHook = None
-        #: How often this task was retried after each status (b't', b'd').
-        self.retries = {}
+        #: How often this task was retried after each status (b't', b'd'),
+        #: once it has been.
+        self.retries = None
         self._workerOptions = {
-            name: kw[name] for name in WORKER_KEYWORDS if name in kw}
+            name: kw[name] for name in WORKER_KEYWORDS if name in kw} \
+            if kw else None
         self._timer = None
         self.d = self._newDeferred()
 
@@ -164,7 +166,7 @@ class Task:
         """
         f, args, kw = self.callTuple
         kw = dict(kw)
-        kw.update(self._workerOptions)
+        kw.update(self._workerOptions or ())
         task = type(self)(f, args, kw, self.priority, self.series, self.timeout)
         task.cancelHook = self.cancelHook
         for f, a, k in self.callbacks:
@@ -205,21 +207,52 @@ class TaskFactory:
 
 
 class Assignment:
-    """A task waiting for a worker; ``d`` fires when a worker accepts it."""
+    """
+    A task waiting for a worker; ``d`` fires when a worker accepts it (it
+    is made only if asked for), and so does ``taken``, if given.
+    """
 
-    __slots__ = ("task", "d")
+    __slots__ = ("task", "_d", "taken")
 
-    def __init__(self, task):
+    def __init__(self, task, taken=None):
         self.task = task
-        self.d = defer.Deferred()
+        self._d = None
+        self.taken = taken
+
+    @property
+    def d(self):
+        """A Deferred that fires with None when a worker accepts me."""
+        if self._d is _ACCEPTED:
+            return defer.succeed(None)
+        if self._d is None:
+            self._d = defer.Deferred()
+        return self._d
+
+    def withdraw(self):
+        """No worker will get me: ``d`` fails with CancelledError (quietly)
+        and ``taken`` is told."""
+        if self.taken is not None:
+            self.taken()
+        self.d.addErrback(_dropCancelled)
+        self.d.errback(Failure(CancelledError()))
 
     def accept(self, worker):
         """Hand the task to ``worker``: fire ``d``, start the task's timer
         and return what ``worker.run`` returns."""
-        self.d.callback(None)
+        if self._d is None:
+            self._d = _ACCEPTED
+        else:
+            self._d.callback(None)
+        if self.taken is not None:
+            self.taken()
         self.task.worker = worker
         self.task.startTimer()
         return worker.run(self.task)
+
+
+#: What an Assignment's ``_d`` is once accepted without anyone having asked
+#: for its Deferred.
+_ACCEPTED = object()
 
 
 def _dropCancelled(failure):
@@ -270,12 +303,22 @@ class AssignmentFactory:
         """Queue ``task`` for the next worker of its series; return a
         Deferred that fires when a worker accepts it."""
         assignment = Assignment(task)
-        heap = self.pending.get(task.series)
+        d = assignment.d
+        self._place(assignment)
+        return d
+
+    def place(self, task, taken=None):
+        """Queue ``task`` for the next worker of its series, calling
+        ``taken()`` when one accepts it (or it is withdrawn)."""
+        self._place(Assignment(task, taken))
+
+    def _place(self, assignment):
+        series = assignment.task.series
+        heap = self.pending.get(series)
         if heap is None:
-            heap = self.pending[task.series] = scheduler.PriorityHeap()
-        heap.push(assignment, task.priority)
-        self._match(task.series)
-        return assignment.d
+            heap = self.pending[series] = scheduler.PriorityHeap()
+        heap.push(assignment, assignment.task.priority)
+        self._match(series)
 
     def _match(self, series):
         """
@@ -317,10 +360,13 @@ class AssignmentFactory:
             dReady = assignment.accept(worker)
         except Exception:
             dReady = defer.fail()
-        if isinstance(dReady, defer.Deferred):
-            dReady.addBoth(self._workerReady, worker, series)
-        else:
+        if not isinstance(dReady, defer.Deferred):
             self._workerReady(dReady, worker, series)
+        elif dReady.called and dReady.result is None:
+            # Ready at once, the common case: skip the callback machinery.
+            self._workerReady(None, worker, series)
+        else:
+            dReady.addBoth(self._workerReady, worker, series)
 
     def _workerReady(self, result, worker, series):
         """The worker can take another task: file a new request, if it is
@@ -345,8 +391,7 @@ class AssignmentFactory:
         tasks = []
         for series, heap in list(self.pending.items()):
             for assignment in heap.cancel(lambda a: selector(a.task)):
-                assignment.d.addErrback(_dropCancelled)
-                assignment.d.errback(Failure(CancelledError()))
+                assignment.withdraw()
                 tasks.append(assignment.task)
             self._dropIfEmpty(series, heap)
         return tasks
@@ -412,7 +457,7 @@ class TaskHandler:
         qualifications = self.qualifications(worker)
         for task in list(self.updateTasks):
             if task.series in qualifications and worker.hired:
-                yield worker.run(task.copy())
+                yield worker.run(self._updateCopy(task, worker, False))
         if worker.hired:
             for series in qualifications:
                 self.addToPool(worker, series)
@@ -500,11 +545,20 @@ class TaskHandler:
             self.updateTasks.append(task)
         dList = []
         for worker in self.roster(task.series):
-            copy = task.copy()
-            copy.worker = worker
+            copy = self._updateCopy(task, worker, ephemeral)
             dList.append(copy.d)
             worker.run(copy)
         return defer.gatherResults(dList, consumeErrors=True)
+
+    @staticmethod
+    def _updateCopy(task, worker, ephemeral):
+        """A copy of an update task for ``worker``, marked so that a worker
+        that replaces its resources (a process worker's new child) can run
+        persistent updates again."""
+        copy = task.copy()
+        copy.worker = worker
+        copy.updateMode = "ephemeral" if ephemeral else "persistent"
+        return copy
 
     def cancel(self, selector):
         """Withdraw the waiting tasks ``selector`` picks; return them."""
@@ -513,3 +567,8 @@ class TaskHandler:
     def __call__(self, task):
         """Place ``task`` for a worker; fires when one accepts it."""
         return self.assignmentFactory.new(task)
+
+    def place(self, task, taken):
+        """Place ``task`` for a worker; ``taken()`` is called when one
+        accepts it or it is withdrawn (the Queue's cheaper way)."""
+        self.assignmentFactory.place(task, taken)

@@ -7,7 +7,7 @@ path is live. Both paths behave identically; the tests run both.
 """
 import os
 
-__all__ = ["COMPILED", "scheduler"]
+__all__ = ["COMPILED", "framing", "scheduler"]
 
 
 def _purePythonWanted():
@@ -16,13 +16,13 @@ def _purePythonWanted():
 
 
 if _purePythonWanted():
-    from .pure import scheduler
+    from .pure import framing, scheduler
     COMPILED = False
 else:
     try:
-        from . import scheduler
+        from . import framing, scheduler
     except ImportError:
-        from .pure import scheduler
+        from .pure import framing, scheduler
         COMPILED = False
     else:
         COMPILED = True
