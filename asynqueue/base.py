@@ -27,10 +27,10 @@ __all__ = ["Priority", "LoadInfoProducer", "Queue", "TaskQueue"]
 ERROR_STOP_DELAY = 1.0
 #: Statuses retried once before the task is given up.
 RETRIED_STATUSES = {
-    b't': lambda task: errors.TimeoutError(
+    b't': lambda task, text: errors.TimeoutError(
         "Timed out after two tries, gave up"),
-    b'd': lambda task: errors.WorkerError(
-        "Lost the worker running {!r} twice, gave up".format(task)),
+    b'd': lambda task, text: errors.WorkerError(
+        "Lost the worker running {!r} twice, gave up: {}".format(task, text)),
 }
 
 
@@ -504,7 +504,7 @@ class TaskQueue:
         elif status == b'n':
             result = None
         elif status in RETRIED_STATUSES:
-            return self._retryOrGiveUp(task, status)
+            return self._retryOrGiveUp(task, status, result)
         else:
             result = Failure(errors.WorkerError(
                 "Unknown status {!r}".format(status)))
@@ -538,14 +538,14 @@ class TaskQueue:
                 self._dc = reactor.callLater(ERROR_STOP_DELAY, reactor.stop)
         return text
 
-    def _retryOrGiveUp(self, task, status):
+    def _retryOrGiveUp(self, task, status, text=None):
         """Retry a task once per status; fail it the second time. A timed
         out task's worker is asked to abandon it first."""
         if status == b't':
             _abandon(task)
         count = (task.retries or {}).get(status, 0)
         if count >= 1:
-            return Failure(RETRIED_STATUSES[status](task))
+            return Failure(RETRIED_STATUSES[status](task, text))
         return self.retryTask(task, status)
 
     def retryTask(self, task, status=b't'):

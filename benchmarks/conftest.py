@@ -1,0 +1,80 @@
+"""
+Shared machinery of the benchmark suite: a reactor driven from pytest's own
+thread (so that process workers get their SIGCHLD handling), peers made
+once per session, and a closing table of asynqueue-to-peer ratios.
+
+Run: ``pytest benchmarks/`` (``--quick`` for a short smoke run).
+"""
+import os
+import sys
+
+import pytest
+from twisted.internet import defer, reactor
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+#: (group, name) -> median seconds of one round, filled as benchmarks run.
+RESULTS = {}
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--quick", action="store_true",
+        help="run every benchmark once at tiny sizes (a smoke test)")
+
+
+@pytest.fixture(scope="session")
+def quick(request):
+    return request.config.getoption("--quick")
+
+
+@pytest.fixture(scope="session")
+def runReactor():
+    """``runReactor(f, *args)``: call ``f`` in the reactor and turn the
+    reactor until the Deferred it returns fires; return its result."""
+    if not reactor.running:
+        reactor.startRunning(installSignalHandlers=True)
+
+    def run(f, *args, **kw):
+        outcome = []
+        defer.maybeDeferred(f, *args, **kw).addBoth(outcome.append)
+        while not outcome:
+            reactor.iterate(0.01)
+        result = outcome[0]
+        if hasattr(result, "raiseException"):
+            result.raiseException()
+        return result
+    return run
+
+
+@pytest.fixture
+def record(benchmark):
+    """``record(function, name, rounds=3)``: benchmark ``function`` (one
+    round each call) under ``name`` and remember its median for the ratio
+    table of its group."""
+    def measure(function, name, rounds=3):
+        benchmark.pedantic(function, rounds=rounds, iterations=1,
+                           warmup_rounds=1)
+        RESULTS[(benchmark.group, name)] = benchmark.stats.stats.median
+    return measure
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Each peer's median divided by asynqueue's: above 1 means
+    asynqueue is faster."""
+    groups = {}
+    for (group, name), median in RESULTS.items():
+        groups.setdefault(group, {})[name] = median
+    lines = []
+    for group, medians in sorted(groups.items()):
+        ours = medians.get("asynqueue")
+        if not ours:
+            continue
+        for name, median in sorted(medians.items()):
+            if name != "asynqueue":
+                lines.append("{:<28} asynqueue is {:6.2f}x {}".format(
+                    group, median / ours, name))
+    if lines:
+        terminalreporter.section("asynqueue vs peers (time ratios)")
+        for line in lines:
+            terminalreporter.write_line(line)

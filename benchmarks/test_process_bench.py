@@ -1,0 +1,156 @@
+"""
+ProcessQueue against its peers on the same workloads, in one run: tiny
+calls, one call at a time, float64 arrays in and out, and a SharedArray
+processed in place. See DESIGN.md for the targets.
+"""
+import multiprocessing
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pytest
+from twisted.internet import defer
+
+from asynqueue.process import ProcessQueue
+from asynqueue.shm import SharedArray
+from bmfuncs import doubleInPlace, inc, negate
+
+WORKERS = 2
+
+
+@pytest.fixture(scope="module")
+def aq(runReactor):
+    q = ProcessQueue(WORKERS, returnFailure=True)
+    runReactor(q.call, inc, 0)
+    yield q
+    runReactor(q.shutdown)
+
+
+@pytest.fixture(scope="module")
+def ppe():
+    with ProcessPoolExecutor(WORKERS) as executor:
+        executor.submit(inc, 0).result()
+        yield executor
+
+
+@pytest.fixture(scope="module")
+def pool():
+    with multiprocessing.Pool(WORKERS) as processes:
+        processes.apply(inc, (0,))
+        yield processes
+
+
+def tinyCount(quick):
+    return 200 if quick else 5000
+
+
+# --- Tiny calls, all issued at once ---------------------------------------
+
+@pytest.mark.benchmark(group="tiny calls, all at once")
+def test_tinyAsynqueue(benchmark, record, aq, runReactor, quick):
+    n = tinyCount(quick)
+    record(lambda: runReactor(lambda: defer.gatherResults(
+        [aq.call(inc, i) for i in range(n)])), "asynqueue")
+
+
+@pytest.mark.benchmark(group="tiny calls, all at once")
+def test_tinyProcessPoolExecutor(benchmark, record, ppe, quick):
+    n = tinyCount(quick)
+    record(lambda: [f.result() for f in
+                    [ppe.submit(inc, i) for i in range(n)]],
+           "ProcessPoolExecutor")
+
+
+@pytest.mark.benchmark(group="tiny calls, all at once")
+def test_tinyPoolApplyAsync(benchmark, record, pool, quick):
+    n = tinyCount(quick)
+    record(lambda: [r.get() for r in
+                    [pool.apply_async(inc, (i,)) for i in range(n)]],
+           "Pool.apply_async")
+
+
+# --- One call at a time ---------------------------------------------------
+
+def latencies(callOne, count):
+    """Per-call round trip times of ``count`` calls made one by one."""
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        callOne(i)
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def recordLatency(benchmark, record, callOne, name, quick):
+    count = 50 if quick else 500
+    seen = []
+    record(lambda: seen.extend(latencies(callOne, count)), name)
+    seen.sort()
+    benchmark.extra_info["median_us"] = 1e6 * statistics.median(seen)
+    benchmark.extra_info["p90_us"] = 1e6 * seen[int(0.9 * len(seen))]
+
+
+@pytest.mark.benchmark(group="one call at a time")
+def test_latencyAsynqueue(benchmark, record, aq, runReactor, quick):
+    recordLatency(benchmark, record,
+                  lambda i: runReactor(aq.call, inc, i), "asynqueue", quick)
+
+
+@pytest.mark.benchmark(group="one call at a time")
+def test_latencyProcessPoolExecutor(benchmark, record, ppe, quick):
+    recordLatency(benchmark, record,
+                  lambda i: ppe.submit(inc, i).result(),
+                  "ProcessPoolExecutor", quick)
+
+
+# --- Arrays in and out ----------------------------------------------------
+
+def arraySizes(quick):
+    return [1] if quick else [1, 16, 128]
+
+
+@pytest.fixture(params=[1, 16, 128], ids=lambda mb: "{}MB".format(mb))
+def array(request, quick):
+    if request.param not in arraySizes(quick):
+        pytest.skip("--quick runs the 1 MB arrays only")
+    return np.random.default_rng(1).random(request.param * (1 << 17))
+
+
+def arrayGroup(array):
+    return "float64 array {} MB in and out".format(array.nbytes >> 20)
+
+
+def test_arrayAsynqueue(benchmark, record, aq, runReactor, array):
+    benchmark.group = arrayGroup(array)
+    record(lambda: runReactor(aq.call, negate, array), "asynqueue")
+
+
+def test_arrayProcessPoolExecutor(benchmark, record, ppe, array):
+    benchmark.group = arrayGroup(array)
+    record(lambda: ppe.submit(negate, array).result(), "ProcessPoolExecutor")
+
+
+def test_arrayPool(benchmark, record, pool, array):
+    benchmark.group = arrayGroup(array)
+    record(lambda: pool.apply(negate, (array,)), "Pool.apply")
+
+
+# --- A SharedArray processed in place ---------------------------------------
+
+@pytest.fixture
+def shared(quick):
+    megabytes = 1 if quick else 128
+    with SharedArray((megabytes << 17,), float) as array:
+        array[:] = 1.0
+        yield array
+
+
+@pytest.mark.benchmark(group="SharedArray processed in place")
+def test_sharedInPlaceAsynqueue(benchmark, record, aq, runReactor, shared):
+    record(lambda: runReactor(aq.call, doubleInPlace, shared), "asynqueue")
+
+
+@pytest.mark.benchmark(group="SharedArray processed in place")
+def test_sharedInPlaceNumpyAlone(benchmark, record, shared):
+    record(lambda: doubleInPlace(shared), "numpy in the parent")

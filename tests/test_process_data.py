@@ -1,0 +1,215 @@
+"""
+Tests of what process workers carry: numpy arrays in and out (small, large,
+larger than the reply ring, non-contiguous), bytes, callables sent by value,
+things that cannot be pickled or imported, and SharedArrays passed by
+reference.
+"""
+import sys
+import threading
+import types
+
+import numpy
+from twisted.internet import defer
+
+from asynqueue import SharedArray, errors
+
+import procfuncs
+from proccase import ProcessTestCase, shmExists
+
+#: Bytes in a "large" array: well above the default shmThreshold (64 KiB).
+LARGE = 4 << 20
+
+
+class TestArrays(ProcessTestCase):
+
+    @defer.inlineCallbacks
+    def test_smallArrayInAndOut(self):
+        q = self.makeQueue()
+        array = numpy.arange(10.0)
+        result = yield q.call(procfuncs.twice, array)
+        self.assertEqual(result.tolist(), (array * 2).tolist())
+        result[0] = 99.0  # The result is the caller's, writable.
+
+    @defer.inlineCallbacks
+    def test_argumentIsPrivateCopy(self):
+        """The child changes its copy; the parent's array stays."""
+        q = self.makeQueue()
+        for size in (10, LARGE // 8):
+            array = numpy.ones(size)
+            total = yield q.call(procfuncs.mutateAndSum, array)
+            self.assertEqual(total, float(size))
+            self.assertTrue((array == 1).all())
+
+    @defer.inlineCallbacks
+    def test_largeArrayInAndOut(self):
+        q = self.makeQueue()
+        array = numpy.random.default_rng(1).random(LARGE // 8)
+        for _ in range(3):
+            result = yield q.call(procfuncs.twice, array)
+            self.assertTrue(numpy.array_equal(result, array * 2))
+            self.assertTrue(result.flags.writeable)
+            result += 1.0
+        self.assertGreater(self.workerOf(q).arena.segmentCount, 0)
+
+    @defer.inlineCallbacks
+    def test_resultsOutgrowReplyRing(self):
+        """A result larger than the reply ring comes back all the same
+        (through the pipe), and the ring grows for the next ones."""
+        q = self.makeQueue()
+        worker = self.workerOf(q)
+        small = numpy.arange(LARGE // 32, dtype=numpy.float64)
+        for _ in range(2):
+            self.assertTrue(numpy.array_equal(
+                (yield q.call(procfuncs.twice, small)), small * 2))
+        first = worker.process.ringGeneration
+        self.assertEqual(first, 1)
+        big = numpy.arange(3 * LARGE, dtype=numpy.uint8)
+        for _ in range(3):
+            result = yield q.call(procfuncs.twice, big)
+            self.assertTrue(numpy.array_equal(result, big * 2))
+        self.assertGreater(worker.process.ringGeneration, first)
+        self.assertEqual(len(worker.process.rings), 1)
+
+    @defer.inlineCallbacks
+    def test_pipelinedLargeResults(self):
+        """Many large results in flight at once share the reply ring."""
+        q = self.makeQueue(2, pipelining=4)
+        arrays = [numpy.full(LARGE // 8, float(k)) for k in range(12)]
+        results = yield defer.gatherResults(
+            [q.call(procfuncs.twice, a) for a in arrays])
+        for k, result in enumerate(results):
+            self.assertTrue((result == 2.0 * k).all())
+
+    @defer.inlineCallbacks
+    def test_nonContiguousArrays(self):
+        q = self.makeQueue()
+        base = numpy.arange(400.0 * 400).reshape(400, 400)
+        for array in (base[::3, 1::2], base.T, numpy.asfortranarray(base),
+                      base[:, 5]):
+            shape, writable, contiguous, values = yield q.call(
+                procfuncs.describe, array)
+            self.assertEqual(shape, array.shape)
+            self.assertTrue(writable)
+            self.assertEqual(values, array.tolist())
+            self.assertTrue(numpy.array_equal(
+                (yield q.call(procfuncs.twice, array)), array * 2))
+
+    @defer.inlineCallbacks
+    def test_bytes(self):
+        q = self.makeQueue()
+        for data in (b"", b"x" * 100, b"y" * LARGE, bytearray(LARGE)):
+            self.assertEqual((yield q.call(procfuncs.sizeOf, data)),
+                             (type(data).__name__, len(data)))
+            self.assertEqual((yield q.call(procfuncs.echo, data)), data)
+
+
+class TestPickling(ProcessTestCase):
+
+    @defer.inlineCallbacks
+    def test_unpicklableArgumentFailsThatCallOnly(self):
+        q = self.makeQueue(pipelining=2)
+        pid = self.workerOf(q).process.pid
+        good = q.call(procfuncs.inc, 1)
+        try:
+            yield q.call(procfuncs.echo, threading.Lock())
+        except errors.WorkerError as error:
+            self.assertIn("Can't send", str(error))
+            self.assertIn("lock", str(error))
+        else:
+            self.fail("a lock was sent")
+        self.assertEqual((yield good), 2)
+        self.assertEqual((yield q.call(procfuncs.inc, 2)), 3)
+        self.assertEqual(self.workerOf(q).process.pid, pid)
+
+    @defer.inlineCallbacks
+    def test_unpicklableResult(self):
+        q = self.makeQueue()
+        pid = self.workerOf(q).process.pid
+        try:
+            yield q.call(procfuncs.makeLock)
+        except errors.WorkerError as error:
+            self.assertIn("pickling the result", str(error))
+            self.assertIn("lock", str(error))
+        else:
+            self.fail("a lock came back")
+        self.assertEqual((yield q.call(procfuncs.inc, 2)), 3)
+        self.assertEqual(self.workerOf(q).process.pid, pid)
+
+    @defer.inlineCallbacks
+    def test_unimportableCallable(self):
+        """A function of a module the child cannot import: a clear error."""
+        module = types.ModuleType("aq_parent_only")
+        exec("def f(x):\n    return x\n", module.__dict__)
+        sys.modules[module.__name__] = module
+        self.addCleanup(sys.modules.pop, module.__name__)
+        q = self.makeQueue()
+        try:
+            yield q.call(module.f, 1)
+        except errors.WorkerError as error:
+            self.assertIn("aq_parent_only", str(error))
+            self.assertIn("loading a call", str(error))
+        else:
+            self.fail("the child imported a module it cannot see")
+        self.assertEqual((yield q.call(procfuncs.inc, 2)), 3)
+
+    @defer.inlineCallbacks
+    def test_callablesByValue(self):
+        q = self.makeQueue()
+        factor = 3
+
+        def triple(x):
+            return factor * x
+        self.assertEqual((yield q.call(triple, 2)), 6)
+        self.assertEqual((yield q.call(lambda: [factor] * 2)), [3, 3])
+        array = numpy.arange(LARGE // 8.0)
+        result = yield q.call(lambda a: a + factor, array)
+        self.assertTrue(numpy.array_equal(result, array + 3))
+
+
+class TestSharedArray(ProcessTestCase):
+
+    @defer.inlineCallbacks
+    def test_childWritesInPlace(self):
+        q = self.makeQueue()
+        with SharedArray((1000,), numpy.float64) as array:
+            self.assertIsNone((yield q.call(procfuncs.fill, array, 7.0)))
+            self.assertTrue((array == 7.0).all())
+            name = array.segment.name
+        self.assertFalse(shmExists(name))
+
+    @defer.inlineCallbacks
+    def test_fromArrayAndSlices(self):
+        q = self.makeQueue(2)
+        source = numpy.arange(100.0).reshape(10, 10)
+        with SharedArray.fromArray(source) as array:
+            self.assertTrue(numpy.array_equal(array, source))
+            yield q.call(procfuncs.fill, array[2:4], -1.0)
+            yield q.call(procfuncs.fill, array[:, 7], -2.0)
+            expected = source.copy()
+            expected[2:4] = -1.0
+            expected[:, 7] = -2.0
+            self.assertTrue(numpy.array_equal(array, expected))
+            shape, writable, contiguous, values = yield q.call(
+                procfuncs.describe, array[5:, ::2])
+            self.assertEqual(values, expected[5:, ::2].tolist())
+            self.assertTrue(writable)
+
+    @defer.inlineCallbacks
+    def test_largeSharedArrayNotCopied(self):
+        """A SharedArray larger than the threshold still goes by
+        reference: the call arena is never used."""
+        q = self.makeQueue()
+        with SharedArray((LARGE // 8,)) as array:
+            yield q.call(procfuncs.fill, array, 1.5)
+            self.assertTrue((array == 1.5).all())
+        self.assertEqual(self.workerOf(q).arena.segmentCount, 0)
+
+    @defer.inlineCallbacks
+    def test_shutdownFreesWhatIsLeft(self):
+        q = self.makeQueue()
+        array = SharedArray((10,))
+        yield q.call(procfuncs.fill, array, 2.0)
+        name = array.segment.name
+        self.assertTrue(shmExists(name))
+        yield q.shutdown()
+        self.assertFalse(shmExists(name))
