@@ -2,6 +2,11 @@
 Helpers shared by the tests: workers whose behaviour a test scripts, and
 small consumers. Nothing here is part of the library.
 """
+import logging
+import sys
+from contextlib import contextmanager
+from io import StringIO
+
 from twisted.internet import defer
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
@@ -96,3 +101,27 @@ class RecordingConsumer:
 
     def write(self, data):
         self.written.append(data)
+
+
+@contextmanager
+def capturedLog(name="asynqueue"):
+    """The list of records logged on ``name`` while the block runs."""
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    logger = logging.getLogger(name)
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+
+
+@contextmanager
+def capturedStderr():
+    """A StringIO standing in for sys.stderr while the block runs."""
+    stderr, sys.stderr = sys.stderr, StringIO()
+    try:
+        yield sys.stderr
+    finally:
+        sys.stderr = stderr

@@ -2,7 +2,6 @@
 Tests of asynqueue.base: Priority, LoadInfoProducer, Queue and TaskQueue,
 through the public API (AsyncWorker and scripted workers do the work).
 """
-import logging
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError
@@ -13,7 +12,8 @@ from asynqueue.base import LoadInfoProducer, Priority, Queue, TaskQueue
 from asynqueue.null import NullQueue
 from asynqueue.workers import AsyncWorker
 
-from support import RecordingConsumer, ScriptedWorker
+from support import (
+    RecordingConsumer, ScriptedWorker, capturedLog, capturedStderr)
 
 
 def square(x):
@@ -323,15 +323,8 @@ class TestErrors(QueueTestCase):
     @defer.inlineCallbacks
     def test_warnLogsAndReturnsText(self):
         q = self.makeQueue(AsyncWorker(), returnFailure=False, warn=True)
-        records = []
-        handler = logging.Handler()
-        handler.emit = records.append
-        logger = logging.getLogger("asynqueue")
-        logger.addHandler(handler)
-        try:
+        with capturedLog() as records:
             text = yield q.call(divide, 1, 0)
-        finally:
-            logger.removeHandler(handler)
         self.assertIn("division by zero", text)
         self.assertEqual(len(records), 1)
         self.assertIsNone(q._dc)
@@ -340,15 +333,10 @@ class TestErrors(QueueTestCase):
     def test_defaultPolicyStopsReactorLater(self):
         """The 0.9 default: text as result, stderr, a reactor stop in 1 s
         (cancelled here by shutdown)."""
-        import sys
-        from io import StringIO
         q = self.makeQueue(AsyncWorker(), returnFailure=False)
-        stderr, sys.stderr = sys.stderr, StringIO()
-        try:
+        with capturedStderr() as stderr:
             text = yield q.call(divide, 1, 0)
-            written = sys.stderr.getvalue()
-        finally:
-            sys.stderr = stderr
+            written = stderr.getvalue()
         self.assertIn("division by zero", text)
         self.assertIn("ERROR:", written)
         self.assertIn("Shutting down in one second!", written)
@@ -603,15 +591,8 @@ class TestVerbose(QueueTestCase):
     @defer.inlineCallbacks
     def test_spewLogsCalls(self):
         q = self.makeQueue(AsyncWorker(), spew=True)
-        records = []
-        handler = logging.Handler()
-        handler.emit = records.append
-        logger = logging.getLogger("asynqueue")
-        logger.addHandler(handler)
-        try:
+        with capturedLog() as records:
             yield q.call(square, 5)
-        finally:
-            logger.removeHandler(handler)
         self.assertEqual(len(records), 1)
         self.assertIn("square(5) -> 25", records[0].getMessage())
         self.assertEqual(q.info.pastInfo, {})

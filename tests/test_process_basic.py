@@ -3,10 +3,8 @@ Tests of process workers, the basics: results and errors under each error
 policy, ordering, series, queue keywords, raw results, updates, and what a
 child sees of its parent (sys.path, working directory, environment).
 """
-import logging
 import os
 import sys
-from io import StringIO
 
 from twisted.internet import defer
 
@@ -16,6 +14,7 @@ from asynqueue.process import ProcessQueue, ProcessWorker
 
 import procfuncs
 from proccase import ProcessTestCase
+from support import capturedLog, capturedStderr
 
 
 def cube(x):
@@ -132,15 +131,8 @@ class TestErrorPolicy(ProcessTestCase):
     @defer.inlineCallbacks
     def test_warnLogsAndReturnsText(self):
         q = self.makeQueue(returnFailure=False, warn=True)
-        records = []
-        handler = logging.Handler()
-        handler.emit = records.append
-        logger = logging.getLogger("asynqueue")
-        logger.addHandler(handler)
-        try:
+        with capturedLog() as records:
             text = yield q.call(procfuncs.divide, 1, 0)
-        finally:
-            logger.removeHandler(handler)
         self.assertIn("Exception 'division by zero", text)
         self.assertEqual(len(records), 1)
         self.assertIsNone(q._dc)
@@ -150,12 +142,9 @@ class TestErrorPolicy(ProcessTestCase):
         """The 0.9 default: text as result, "ERROR:" on stderr, a reactor
         stop scheduled (cancelled here by shutting down)."""
         q = self.makeQueue(returnFailure=False)
-        stderr, sys.stderr = sys.stderr, StringIO()
-        try:
+        with capturedStderr() as stderr:
             text = yield q.call(procfuncs.divide, 1, 0)
-            written = sys.stderr.getvalue()
-        finally:
-            sys.stderr = stderr
+            written = stderr.getvalue()
         self.assertIn("division by zero", text)
         self.assertIn("ERROR:", written)
         self.assertTrue(q._dc.active())

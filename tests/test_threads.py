@@ -13,7 +13,6 @@ import random
 import subprocess
 import sys
 import threading
-from io import StringIO
 
 from twisted.internet import defer, reactor
 from twisted.internet.interfaces import IConsumer
@@ -26,6 +25,7 @@ from asynqueue import errors, threads
 from asynqueue.base import TaskQueue
 from asynqueue.iteration import Deferator, ListConsumer
 from asynqueue.tasks import Task
+from support import capturedLog, capturedStderr
 
 #: Seconds a thread that has finished its work gets to disappear, and a
 #: gated call to wait for its gate: bounds on waits that end by themselves,
@@ -473,15 +473,8 @@ class TestThreadWorker(ThreadsTestCase):
     def test_errorsWithWarn(self):
         q = self.makeQueue(
             threads.ThreadWorker(), returnFailure=False, warn=True)
-        records = []
-        handler = logging.Handler()
-        handler.emit = records.append
-        logger = logging.getLogger("asynqueue")
-        logger.addHandler(handler)
-        try:
+        with capturedLog() as records:
             text = yield q.call(divide, 1, 0)
-        finally:
-            logger.removeHandler(handler)
         self.assertIn("division by zero", text)
         self.assertEqual(len(records), 1)
         self.assertIsNone(q._dc)
@@ -491,12 +484,9 @@ class TestThreadWorker(ThreadsTestCase):
         """0.9's default: the text as result, ERROR on stderr and a reactor
         stop scheduled (cancelled here at once)."""
         q = self.makeQueue(threads.ThreadWorker(), returnFailure=False)
-        stderr, sys.stderr = sys.stderr, StringIO()
-        try:
+        with capturedStderr() as stderr:
             text = yield q.call(divide, 1, 0)
-            written = sys.stderr.getvalue()
-        finally:
-            sys.stderr = stderr
+            written = stderr.getvalue()
         self.assertTrue(q._dc.active())
         q._dc.cancel()
         self.assertIn("division by zero", text)
