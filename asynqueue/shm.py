@@ -436,6 +436,8 @@ class ReplyRingWriter(_RingMapping):
 _owned = {}
 #: name -> Segment attached to unpickle arrays; gone with the last of them.
 _attached = weakref.WeakValueDictionary()
+#: The segments attached last, kept mapped even while no array uses them.
+_recentlyAttached = deque(maxlen=4)
 #: The methods of ndarray whose results are wrapped by ``_plainUnlessShared``.
 _COPYING_METHODS = ("copy", "astype", "flatten", "ravel", "__copy__",
                     "__deepcopy__")
@@ -509,11 +511,17 @@ def _arrayIn(segment, offset, shape, strides, dtype):
 
 
 def _attachArray(name, offset, shape, strides, dtype):
-    """Unpickle a SharedArray: the owner's mapping in the owning process,
-    else one attached (once per process) for as long as arrays use it."""
+    """
+    Unpickle a SharedArray: the owner's mapping in the owning process,
+    else one attached (once per process) for as long as arrays use it; the
+    last few attached stay mapped a while longer, so that a worker called
+    again and again with the same SharedArray maps (and page-faults) it
+    only once.
+    """
     segment = _owned.get(name) or _attached.get(name)
     if segment is None:
         segment = _attached[name] = Segment.attach(name)
+        _recentlyAttached.append(segment)
     return _arrayIn(segment, offset, shape, strides, dtype)
 
 

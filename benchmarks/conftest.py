@@ -49,12 +49,12 @@ def runReactor():
 
 @pytest.fixture
 def record(benchmark):
-    """``record(function, name, rounds=3)``: benchmark ``function`` (one
-    round each call) under ``name`` and remember its median for the ratio
-    table of its group."""
-    def measure(function, name, rounds=3):
+    """``record(function, name, rounds=3, warmup=1)``: benchmark
+    ``function`` (one round each call) under ``name`` and remember its
+    median for the ratio table of its group."""
+    def measure(function, name, rounds=3, warmup=1):
         benchmark.pedantic(function, rounds=rounds, iterations=1,
-                           warmup_rounds=1)
+                           warmup_rounds=warmup)
         RESULTS[(benchmark.group, name)] = benchmark.stats.stats.median
     return measure
 

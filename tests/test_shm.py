@@ -528,6 +528,9 @@ class TestSharedArray:
             name = array.segment.name
             del array, again
             import gc; gc.collect()
+            assert name in shm._attached    # kept a while, for reuse
+            shm._recentlyAttached.clear()
+            gc.collect()
             assert name not in shm._attached
             with open('/proc/self/maps') as maps:
                 assert name[1:] not in maps.read()
