@@ -23,6 +23,8 @@ from .tasks import Task, TaskFactory, TaskHandler, cancelTasks
 
 __all__ = ["Priority", "LoadInfoProducer", "Queue", "TaskQueue"]
 
+#: The options (returnFailure, consumer, call ID) of most tasks, shared.
+_PLAIN = (False, None, None)
 #: How long after an error (with the default policy) the reactor stops.
 ERROR_STOP_DELAY = 1.0
 #: Statuses retried once before the task is given up.
@@ -439,7 +441,9 @@ class TaskQueue:
         ID = self.info.setCall(func, args, kw).ID \
             if hasattr(self, "info") else None
         task.cancelHook = self._cancelTask
-        task.doneOptions = (rf, kw.get("consumer", None), ID)
+        consumer = kw.get("consumer", None)
+        task.doneOptions = _PLAIN if rf is False and consumer is None and \
+            ID is None else (rf, consumer, ID)
         if recorded:
             task.addCallback(self._taskDone, task)
         else:

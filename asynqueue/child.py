@@ -41,7 +41,7 @@ DEFAULT_BATCH = 256
 #: Replies wait for a batch to fill at most this long (seconds).
 REPLY_DELAY = 0.0002
 #: How long the child polls for the next call before it sleeps (seconds).
-SPIN_SECONDS = 0.0
+SPIN_SECONDS = 0.0003
 
 
 def dumpsAnything(obj, protocol=5, buffer_callback=None):
@@ -324,11 +324,12 @@ class ProcessUniverse:
 
 def _read(fd):
     """
-    The next bytes from the parent, waiting as long as it takes. With
-    ``SPIN_SECONDS`` the wait starts with a short spin: waking from a
-    blocking read costs tens of microseconds, but on a machine with no
-    spare core the spinning children slow the parent down more than that
-    (measured on 2 cores), so it is off by default.
+    The next bytes from the parent, waiting as long as it takes. The wait
+    starts with a short spin that yields the CPU at each turn: the next
+    call of a busy parent mostly comes within microseconds, while waking
+    from a blocking read costs tens of them (measured on 2 cores: one call
+    at a time, 52 µs a round trip with the spin, 185 µs without; bursts of
+    calls no slower, since a spinning child yields to the parent).
     """
     deadline = time.perf_counter() + SPIN_SECONDS
     while True:
@@ -337,6 +338,7 @@ def _read(fd):
         except BlockingIOError:
             if time.perf_counter() >= deadline:
                 break
+            os.sched_yield()
     select.select([fd], [], [])
     return os.read(fd, READ_SIZE)
 

@@ -42,6 +42,9 @@ class Task:
     #: The timeout timers now armed, for every task (0.9 kept this list;
     #: a timer leaves it when it is cancelled or fires).
     timeoutCalls = []
+    #: The callbacks added through ``addCallback`` (a list once there is
+    #: one; most tasks have none, and share this empty tuple).
+    callbacks = ()
 
     def __init__(self, f, args, kw, priority, series, timeout=None):
         if not isinstance(args, (tuple, list)):
@@ -56,7 +59,6 @@ class Task:
         self.priority = priority
         self.series = series
         self.timeout = timeout
-        self.callbacks = []
         self.callID = None
         #: The worker that accepted this task, once one has.
         self.worker = None
@@ -119,6 +121,8 @@ class Task:
     def addCallback(self, f, *a, **k):
         """Add a callback to ``d`` and remember it, so that copies of this
         task get it too."""
+        if not self.callbacks:
+            self.callbacks = []
         self.callbacks.append((f, a, k))
         self.d.addCallback(f, *a, **k)
 

@@ -36,7 +36,7 @@ class TestTask(unittest.TestCase):
         self.assertEqual(
             (task.priority, task.series, task.timeout), (3.0, "s", 5))
         self.assertIsInstance(task.d, defer.Deferred)
-        self.assertEqual(task.callbacks, [])
+        self.assertEqual(list(task.callbacks), [])
 
     def test_repr(self):
         self.assertEqual(
