@@ -3,23 +3,27 @@ The compiled core against its pure-Python twin, on the work each does per
 call: the scheduler's heap and the pipe framing.
 """
 import random
+from importlib import import_module
 
 import pytest
 
-from asynqueue._speedups import pure
-import asynqueue._speedups.pure.framing
-import asynqueue._speedups.pure.scheduler
+from asynqueue._speedups.pure import framing as pureFraming
+from asynqueue._speedups.pure import scheduler as pureScheduler
 
-try:
-    from asynqueue._speedups import framing as compiledFraming
-    from asynqueue._speedups import scheduler as compiledScheduler
-    COMPILED = compiledScheduler.__name__ == "asynqueue._speedups.scheduler"
-except ImportError:
-    COMPILED = False
 
-TWINS = [("pure", pure.scheduler, pure.framing)]
-if COMPILED:
-    TWINS.insert(0, ("asynqueue", compiledScheduler, compiledFraming))
+def _compiled():
+    """The compiled twins, whichever path the package selected; None if
+    they were not built."""
+    try:
+        return (import_module("asynqueue._speedups.scheduler"),
+                import_module("asynqueue._speedups.framing"))
+    except ImportError:
+        return None
+
+
+TWINS = [("pure", pureScheduler, pureFraming)]
+if _compiled() is not None:
+    TWINS.insert(0, ("asynqueue",) + _compiled())
 
 
 def heapWork(scheduler, count):
