@@ -158,6 +158,9 @@ class Queue:
         self._blocking = getattr(handler, "blocking", True)
         self._place = None if self._blocking else \
             getattr(handler, "place", None)
+        # Bound once, not per item: each bound method is an object to make
+        # and, for the garbage collector, to track while its task waits.
+        self._oneLess = self.loadInfoProducer.oneLess
         self._result = None
         self._shutdownWaiters = []
         self._runFlag = True
@@ -199,7 +202,7 @@ class Queue:
             d.addErrback(self._handlerFailed)
             return None
         if self._place is not None:
-            self._place(item, self.loadInfoProducer.oneLess)
+            self._place(item, self._oneLess)
             return None
         d = self.handler(item)
         if d.called:
@@ -338,6 +341,9 @@ class TaskQueue:
         self.tasksBeingRetried = []
         self._shutdownInitiated = False
         self._dc = None
+        # Bound once, not per task (see Queue.__init__).
+        self._cancelHook = self._cancelTask
+        self._taskDoneHook = self._taskDone
         self.th = TaskHandler()
         self.taskFactory = TaskFactory()
         self.q = Queue(self.th, timeout=self.timeout)
@@ -440,14 +446,14 @@ class TaskQueue:
             task.relax()
         ID = self.info.setCall(func, args, kw).ID \
             if hasattr(self, "info") else None
-        task.cancelHook = self._cancelTask
+        task.cancelHook = self._cancelHook
         consumer = kw.get("consumer", None)
         task.doneOptions = _PLAIN if rf is False and consumer is None and \
             ID is None else (rf, consumer, ID)
         if recorded:
-            task.addCallback(self._taskDone, task)
+            task.addCallback(self._taskDoneHook, task)
         else:
-            task.d.addCallback(self._taskDone, task)
+            task.d.addCallback(self._taskDoneHook, task)
         return task
 
     def update(self, func, *args, **kw):
@@ -564,7 +570,7 @@ class TaskQueue:
         retry.doneOptions = task.doneOptions
         self.tasksBeingRetried.append(retry)
         d = retry.d
-        d.addCallback(self._taskDone, retry)
+        d.addCallback(self._taskDoneHook, retry)
         d.addBoth(self._retryFinished, retry)
         self.q.put(retry)
         return d
