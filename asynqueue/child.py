@@ -38,8 +38,6 @@ FD_CALLS, FD_REPLIES = 3, 4
 READ_SIZE = 1 << 16
 #: The items a NEXT sends at most, unless the parent asks for fewer.
 DEFAULT_BATCH = 256
-#: Replies wait for a batch to fill at most this long (seconds).
-REPLY_DELAY = 0.0002
 #: How long the child polls for the next call before it sleeps (seconds).
 SPIN_SECONDS = 0.0003
 
@@ -285,7 +283,6 @@ class ProcessUniverse:
     def serve(self, fdIn=FD_CALLS, fdOut=FD_REPLIES):
         """Serve frames until the parent closes the pipe (or dies)."""
         reader, writer = self.reader, self.writer
-        pendingSince = None
         os.set_blocking(fdIn, False)
         writer.writeBytes(READY, 0, b"")
         _writeAll(fdOut, writer.take())
@@ -298,15 +295,12 @@ class ProcessUniverse:
                 frame = reader.next()
                 if frame is None:
                     break
-                if len(writer) and pendingSince is not None and \
-                        time.perf_counter() - pendingSince > REPLY_DELAY:
+                if frame.kind == CALL and len(writer):
+                    # A call may take long: what is ready goes first.
                     _writeAll(fdOut, writer.take())
                 self.handle(frame)
-                if len(writer) and pendingSince is None:
-                    pendingSince = time.perf_counter()
             if len(writer):
                 _writeAll(fdOut, writer.take())
-            pendingSince = None
         self.close()
 
     def close(self):

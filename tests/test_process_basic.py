@@ -114,6 +114,23 @@ class TestOrdering(ProcessTestCase):
         self.assertEqual(order, ["next", "eager", "normal", "nice", "last"])
 
 
+    @defer.inlineCallbacks
+    def test_slowCallNeverHoldsBackAnEarlierReply(self):
+        """Two calls reach a child together, the second waiting until the
+        test has the first one's result: that result must come back
+        before the second call ends."""
+        q = self.makeQueue(1, pipelining=3)
+        gate, release = self.tmpPath(), self.tmpPath()
+        busy = q.call(procfuncs.waitForFile, gate)
+        first = q.call(procfuncs.echo, "first")
+        second = q.call(procfuncs.waitForFile, release)
+        first.addCallback(lambda result: procfuncs.touch(release) and result)
+        procfuncs.touch(gate)
+        self.assertEqual((yield busy), "released")
+        self.assertEqual((yield first), "first")
+        self.assertEqual((yield second), "released")
+
+
 class TestErrorPolicy(ProcessTestCase):
 
     @defer.inlineCallbacks
