@@ -27,16 +27,22 @@ def aq(runReactor):
     runReactor(q.shutdown)
 
 
+#: The peers start their workers with "spawn": forking a process that
+#: already runs another peer's threads can deadlock the child (it did here,
+#: once in a few runs, with fork).
+SPAWN = multiprocessing.get_context("spawn")
+
+
 @pytest.fixture(scope="module")
 def ppe():
-    with ProcessPoolExecutor(WORKERS) as executor:
+    with ProcessPoolExecutor(WORKERS, mp_context=SPAWN) as executor:
         executor.submit(inc, 0).result()
         yield executor
 
 
 @pytest.fixture(scope="module")
 def pool():
-    with multiprocessing.Pool(WORKERS) as processes:
+    with SPAWN.Pool(WORKERS) as processes:
         processes.apply(inc, (0,))
         yield processes
 

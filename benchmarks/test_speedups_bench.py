@@ -3,27 +3,18 @@ The compiled core against its pure-Python twin, on the work each does per
 call: the scheduler's heap and the pipe framing.
 """
 import random
-from importlib import import_module
 
 import pytest
 
+from asynqueue._speedups import compiledTwin
 from asynqueue._speedups.pure import framing as pureFraming
 from asynqueue._speedups.pure import scheduler as pureScheduler
 
 
-def _compiled():
-    """The compiled twins, whichever path the package selected; None if
-    they were not built."""
-    try:
-        return (import_module("asynqueue._speedups.scheduler"),
-                import_module("asynqueue._speedups.framing"))
-    except ImportError:
-        return None
-
-
 TWINS = [("pure", pureScheduler, pureFraming)]
-if _compiled() is not None:
-    TWINS.insert(0, ("asynqueue",) + _compiled())
+if compiledTwin("scheduler") and compiledTwin("framing"):
+    TWINS.insert(0, ("asynqueue", compiledTwin("scheduler"),
+                     compiledTwin("framing")))
 
 
 def heapWork(scheduler, count):

@@ -5,7 +5,6 @@ write the same bytes and read the same frames (or fail the same way) from
 any chunking or corruption of a stream. Run this file as a script for a
 speed comparison of the two.
 """
-import importlib
 import pickle
 import random
 import struct
@@ -16,23 +15,11 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from asynqueue._speedups import compiledTwin
 from asynqueue._speedups.pure import framing as pureFraming
 
 
-def _importCompiled():
-    """The compiled module, or None if it was not built. The package's
-    choice of module (``_speedups.framing``) is left as it was."""
-    package = importlib.import_module("asynqueue._speedups")
-    selected = package.framing
-    try:
-        return importlib.import_module("asynqueue._speedups.framing")
-    except ImportError:
-        return None
-    finally:
-        package.framing = selected
-
-
-compiledFraming = _importCompiled()
+compiledFraming = compiledTwin("framing")
 NOT_BUILT = ("compiled framing not built: run "
              "'python setup.py build_ext --inplace'")
 needsCompiled = pytest.mark.skipif(compiledFraming is None, reason=NOT_BUILT)

@@ -4,7 +4,6 @@ module and on its pure-Python twin, and property tests check that both (and
 a plain sorted-list model) agree on random sequences of operations.
 """
 import gc
-import importlib
 import math
 import pickle
 import sys
@@ -13,23 +12,11 @@ import weakref
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+from asynqueue._speedups import compiledTwin
 from asynqueue._speedups.pure import scheduler as pureScheduler
 
 
-def _importCompiled():
-    """The compiled module, or None if it was not built. The package's
-    choice of module (``_speedups.scheduler``) is left as it was."""
-    package = importlib.import_module("asynqueue._speedups")
-    selected = package.scheduler
-    try:
-        return importlib.import_module("asynqueue._speedups.scheduler")
-    except ImportError:
-        return None
-    finally:
-        package.scheduler = selected
-
-
-compiledScheduler = _importCompiled()
+compiledScheduler = compiledTwin("scheduler")
 NOT_BUILT = ("compiled scheduler not built: run "
              "'python setup.py build_ext --inplace'")
 

@@ -5,9 +5,10 @@ The compiled modules run unless ``ASYNQUEUE_PUREPYTHON`` is set (to anything
 but ``""`` or ``"0"``) or they were not built; ``COMPILED`` tells which
 path is live. Both paths behave identically; the tests run both.
 """
+import importlib
 import os
 
-__all__ = ["COMPILED", "framing", "scheduler"]
+__all__ = ["COMPILED", "framing", "scheduler", "compiledTwin"]
 
 
 def _purePythonWanted():
@@ -26,3 +27,18 @@ else:
         COMPILED = False
     else:
         COMPILED = True
+
+
+def compiledTwin(name):
+    """
+    The compiled module ``name`` (``"scheduler"``, ``"framing"``), or None
+    if it was not built, whichever path is live; for the tests and
+    benchmarks that compare the twins. The live selection is left as is.
+    """
+    selected = globals()[name]
+    try:
+        return importlib.import_module(__name__ + "." + name)
+    except ImportError:
+        return None
+    finally:
+        globals()[name] = selected
