@@ -13,6 +13,6 @@ def test_benchmarksRunQuick():
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "benchmarks", "--quick", "-q",
          "-x", "-p", "no:cacheprovider"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
+        cwd=ROOT, capture_output=True, text=True, timeout=180)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr
     assert "asynqueue vs peers" in result.stdout
