@@ -17,7 +17,7 @@ from itertools import count
 from ._speedups import framing
 from .shm import ArenaReader, ReplyRingWriter
 
-__all__ = ["ProcessUniverse", "dumpsAnything", "errorText"]
+__all__ = ["ProcessUniverse", "cloudDumps", "dumpsAnything", "errorText"]
 
 # Frame kinds, parent to child.
 CALL = 1            # (f, args, kw, raw) -> RESULT
@@ -42,18 +42,24 @@ DEFAULT_BATCH = 256
 SPIN_SECONDS = 0.0003
 
 
+def cloudDumps(obj, protocol=5, buffer_callback=None):
+    """Pickle ``obj`` by value with cloudpickle (lambdas, closures,
+    functions of ``__main__``)."""
+    import cloudpickle
+    return cloudpickle.dumps(
+        obj, protocol=protocol, buffer_callback=buffer_callback)
+
+
 def dumpsAnything(obj, protocol=5, buffer_callback=None):
     """
     Pickle ``obj`` with the standard pickler, or with cloudpickle when that
-    fails (lambdas, closures, functions of ``__main__``).
+    fails.
     """
     try:
         return pickle.dumps(
             obj, protocol=protocol, buffer_callback=buffer_callback)
     except Exception:
-        import cloudpickle
-        return cloudpickle.dumps(
-            obj, protocol=protocol, buffer_callback=buffer_callback)
+        return cloudDumps(obj, protocol, buffer_callback)
 
 
 def errorText(doing, exception=None):

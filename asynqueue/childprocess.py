@@ -16,7 +16,7 @@ from twisted.python.threadable import isInIOThread
 
 from . import child as wire
 from ._speedups import framing
-from .child import dumpsAnything
+from .child import cloudDumps, dumpsAnything
 from .pipes import Channel
 from .shm import ReplyRing
 
@@ -34,12 +34,6 @@ def byValue(f):
     qualname = getattr(target, "__qualname__", "")
     return getattr(target, "__module__", None) == "__main__" or \
         "<locals>" in qualname or "<lambda>" in qualname
-
-
-def cloudDumps(obj, protocol=5, buffer_callback=None):
-    import cloudpickle
-    return cloudpickle.dumps(
-        obj, protocol=protocol, buffer_callback=buffer_callback)
 
 
 def childEnvironment(env=None):
