@@ -16,7 +16,13 @@ DIRECTIVES = {"language_level": "3", "embedsignature": True}
 EXTENSIONS = {
     "asynqueue._speedups.scheduler": "asynqueue/_speedups/scheduler.pyx",
     "asynqueue._speedups.framing": "asynqueue/_speedups/framing.pyx",
+    "mcmandelbrot._kernel": "mcmandelbrot/_kernel.pyx",
+    "mcmandelbrot._bitmap": "mcmandelbrot/_bitmap.pyx",
 }
+
+#: Optimize, but never contract a*b+c into one FMA: the Mandelbrot kernel
+#: must give the same bits as its numpy twin.
+COMPILE_ARGS = ["-O3", "-ffp-contract=off"]
 
 #: ASYNQUEUE_CYTHON_TRACE=1 builds with line tracing, for coverage and profiling.
 TRACE = os.environ.get("ASYNQUEUE_CYTHON_TRACE") == "1"
@@ -28,7 +34,7 @@ def extensions():
     macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
     modules = [
         Extension(name, [source], define_macros=macros,
-                  extra_compile_args=["-O3"])
+                  extra_compile_args=COMPILE_ARGS)
         for name, source in EXTENSIONS.items()
     ]
     return cythonize(modules, compiler_directives=directives)

@@ -310,11 +310,18 @@ class RemoteIterator:
         self.items = deque()
         self.more = True
 
+    def nextReady(self):
+        """``(value, True, moreLeft)`` of an item already fetched, or None
+        (the Deferator's shortcut past ``getNext``)."""
+        if self.items:
+            value = self.items.popleft()
+            return value, True, bool(self.items) or self.more
+        return None
+
     def getNext(self):
         """D→(value, isValid, moreLeft), as a Deferator's fetcher."""
         if self.items:
-            value = self.items.popleft()
-            return defer.succeed((value, True, bool(self.items) or self.more))
+            return defer.succeed(self.nextReady())
         if not self.more:
             return defer.succeed((None, False, False))
         return self.worker.fetch(self).addCallback(self._fetched)

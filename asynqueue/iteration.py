@@ -211,6 +211,7 @@ class Deferator:
 
     def __init__(self, objOrRep, *args, **kw):
         self.d = defer.Deferred()
+        self.callTuple = (None, (), {})
         self.moreLeft = True
         self.dIterate = None
         if isinstance(objOrRep, str):
@@ -242,7 +243,30 @@ class Deferator:
     def __next__(self):
         """D→the next item, with a ``.stop`` attribute; StopIteration (and
         ``d`` fired True) when there are no more."""
+        ready = self._readyItem()
+        if ready is not None:
+            return ready
         return self._nextItem().addCallback(itemgetter(0))
+
+    def _readyItem(self):
+        """
+        A fired Deferred of the next item if the fetcher has it at hand
+        (its object's ``nextReady()`` gives ``(value, isValid, moreLeft)``
+        without waiting, or None), else None: items of a batch fetched
+        from a worker then cost one Deferred each instead of a chain.
+        """
+        nextReady = getattr(
+            getattr(self.callTuple[0], "__self__", None), "nextReady", None)
+        if nextReady is None or not self.moreLeft or (
+                self.dIterate is not None and not self.dIterate.called):
+            return None
+        step = nextReady()
+        if step is None or not step[1]:
+            return None
+        self.moreLeft = bool(step[2]) and not self.d.called
+        d = self.dIterate = defer.succeed(step[0])
+        d.stop = self.stop
+        return d
 
     def stop(self):
         """End the iteration early: ``d`` fires False (unless it has already

@@ -18,3 +18,17 @@ def doubleInPlace(array):
     """Work on a SharedArray where it lies; nothing travels back."""
     import numpy
     numpy.multiply(array, 2, out=array)
+
+
+def count(n):
+    """A generator of ``n`` small items, left in the worker and fetched
+    in batches."""
+    return iter(range(n))
+
+
+def spin(n):
+    """Pure-Python busy work of about ``n`` loop turns."""
+    total = 0
+    for i in range(n):
+        total += i
+    return total

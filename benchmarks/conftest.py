@@ -31,7 +31,9 @@ def quick(request):
 @pytest.fixture(scope="session")
 def runReactor():
     """``runReactor(f, *args)``: call ``f`` in the reactor and turn the
-    reactor until the Deferred it returns fires; return its result."""
+    reactor until the Deferred it returns fires; return its result. The
+    reactor's thread pool, if a benchmark started it, is stopped at the
+    end (its threads would keep the interpreter from exiting)."""
     if not reactor.running:
         reactor.startRunning(installSignalHandlers=True)
 
@@ -44,7 +46,9 @@ def runReactor():
         if hasattr(result, "raiseException"):
             result.raiseException()
         return result
-    return run
+    yield run
+    if reactor.threadpool is not None:
+        reactor.threadpool.stop()
 
 
 @pytest.fixture
@@ -53,6 +57,7 @@ def record(benchmark):
     ``function`` (one round each call) under ``name`` and remember its
     median for the ratio table of its group."""
     def measure(function, name, rounds=3, warmup=1):
+        benchmark.extra_info["contender"] = name
         benchmark.pedantic(function, rounds=rounds, iterations=1,
                            warmup_rounds=warmup)
         RESULTS[(benchmark.group, name)] = benchmark.stats.stats.median

@@ -118,10 +118,21 @@ def capturedLog(name="asynqueue"):
 
 
 @contextmanager
+def capturedStream(name):
+    """A StringIO standing in for ``sys.<name>`` while the block runs."""
+    original = getattr(sys, name)
+    setattr(sys, name, StringIO())
+    try:
+        yield getattr(sys, name)
+    finally:
+        setattr(sys, name, original)
+
+
 def capturedStderr():
     """A StringIO standing in for sys.stderr while the block runs."""
-    stderr, sys.stderr = sys.stderr, StringIO()
-    try:
-        yield sys.stderr
-    finally:
-        sys.stderr = stderr
+    return capturedStream("stderr")
+
+
+def capturedStdout():
+    """A StringIO standing in for sys.stdout while the block runs."""
+    return capturedStream("stdout")

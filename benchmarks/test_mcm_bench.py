@@ -1,0 +1,77 @@
+"""
+mcm end to end: a 2000x1600 render at -N 2000 through the Runner with 1
+and with more workers (the ratio is the speedup; target 1.8x for 2), and
+the peak memory of a tall render against a short one (target: within
+1.5x).
+"""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mcmandelbrot.runner import Runner
+
+#: Width, half-spans and iteration values of the end-to-end render.
+NX, VIEW, N_VALUES = 2000, (-0.630, 0.0, 1.4, 1.12), 2000
+QUICK_NX, QUICK_N_VALUES = 200, 200
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def workerCounts():
+    """1, 2 and (on bigger machines) every core."""
+    cores = os.cpu_count() or 1
+    return sorted({1, 2, cores})
+
+
+@pytest.mark.benchmark(group="mcm 2000x1600 -N 2000, workers")
+@pytest.mark.parametrize("workers", workerCounts())
+def test_mcmRender(record, runReactor, quick, workers):
+    runner = Runner(QUICK_N_VALUES if quick else N_VALUES, workers=workers)
+    Nx = QUICK_NX if quick else NX
+    try:
+        render = lambda: runReactor(runner.run, io.BytesIO(), Nx, *VIEW)
+        name = "asynqueue" if workers == 2 else "{:d} worker{}".format(
+            workers, "" if workers == 1 else "s")
+        record(render, name, rounds=1 if quick else 3)
+    finally:
+        runReactor(runner.shutdown)
+
+
+#: Runs mcm in a fresh interpreter and prints its peak RSS and that of its
+#: largest worker, in KiB.
+PEAK_SCRIPT = """
+import json, resource, sys
+from mcmandelbrot.main import run
+status = run(*sys.argv[1:])
+print(json.dumps([status,
+    resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+    resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss]))
+"""
+
+
+def peakMemory(Nx, Ny, N_values, tmp_path):
+    """KiB of (main, largest worker) peak RSS for an Nx x Ny render."""
+    ciPM = 1.4 * (Ny + 0.5) / Nx
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK_SCRIPT, "-q", "-w", "2", "-N",
+         str(N_values), "-o", str(tmp_path / "peak.png"), str(Nx), "-0.630",
+         "0", "1.4", repr(ciPM)],
+        capture_output=True, check=True, timeout=600,
+        env=dict(os.environ, PYTHONPATH=ROOT))
+    status, main, worker = json.loads(done.stdout.splitlines()[-1])
+    assert status == 0
+    return main, worker
+
+
+def test_mcmPeakMemoryIndependentOfHeight(quick, tmp_path):
+    Nx, N_values = (200, 50) if quick else (2000, 200)
+    short = peakMemory(Nx, Nx, N_values, tmp_path)
+    tall = peakMemory(Nx, 8 * Nx, N_values, tmp_path)
+    ratio = sum(tall) / sum(short)
+    print("\npeak RSS (main + largest worker), {0}x{0}: {1} KiB; "
+          "{0}x{2}: {3} KiB; ratio {4:.2f} (target <= 1.5)".format(
+              Nx, sum(short), 8 * Nx, sum(tall), ratio))
+    assert ratio < 1.5

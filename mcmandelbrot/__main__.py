@@ -1,0 +1,4 @@
+"""``python -m mcmandelbrot`` runs the ``mcm`` command."""
+from .main import main
+
+main()
