@@ -25,4 +25,7 @@ __all__ = lazyExports(globals(), {
     "ProcessQueue": "process",
     "ProcessWorker": "process",
     "SharedArray": "shm",
+    "WireWorker": "wire",
+    "WireServer": "wire",
+    "ServerManager": "wire",
 })

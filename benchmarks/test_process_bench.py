@@ -47,6 +47,16 @@ def pool():
         yield processes
 
 
+@pytest.fixture(scope="module")
+def loky():
+    module = pytest.importorskip("loky", reason="loky is not installed "
+                                 "(pip install -e '.[bench]')")
+    executor = module.get_reusable_executor(WORKERS)
+    executor.submit(inc, 0).result()
+    yield executor
+    executor.shutdown()
+
+
 def tinyCount(quick):
     return 200 if quick else 5000
 
@@ -74,6 +84,13 @@ def test_tinyPoolApplyAsync(benchmark, record, pool, quick):
     record(lambda: [r.get() for r in
                     [pool.apply_async(inc, (i,)) for i in range(n)]],
            "Pool.apply_async")
+
+
+@pytest.mark.benchmark(group="tiny calls, all at once")
+def test_tinyLoky(benchmark, record, loky, quick):
+    n = tinyCount(quick)
+    record(lambda: [f.result() for f in
+                    [loky.submit(inc, i) for i in range(n)]], "loky")
 
 
 # --- One call at a time ---------------------------------------------------

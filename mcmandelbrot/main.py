@@ -48,6 +48,9 @@ def _parser():
                    help="PNG file to write (default: standard output)")
     p.add_argument("-d", "--description", default="", metavar="description",
                    help="endpoint of a remote mcm server, e.g. tcp:host:1978")
+    p.add_argument("-k", "--key-file", default=None, metavar="keyFile",
+                   help="with -d: the file holding the server's shared key "
+                   "(default: $ASYNQUEUE_WIRE_KEY or $ASYNQUEUE_WIRE_KEYFILE)")
     p.add_argument("-s", "--steepness", type=float, default=3.0,
                    help="steepness of the colour transform (default 3)")
     p.add_argument("-w", "--workers", type=int, default=None,
@@ -222,7 +225,7 @@ def _render(ns, output):
     Nx, cr, ci, crPM, ciPM = ns.view
     if ns.description:
         from .wire import RemoteRunner
-        runner = RemoteRunner(ns.description)
+        runner = RemoteRunner(ns.description, keyFile=ns.key_file)
         dStart = runner.setup(N_values=ns.values, steepness=ns.steepness)
     else:
         showStats = bool(ns.output) and not ns.quiet

@@ -136,3 +136,21 @@ def capturedStderr():
 def capturedStdout():
     """A StringIO standing in for sys.stdout while the block runs."""
     return capturedStream("stdout")
+
+
+def children(pid):
+    """PIDs of the live children of ``pid``."""
+    try:
+        with open("/proc/{}/task/{}/children".format(pid, pid)) as fh:
+            return [int(x) for x in fh.read().split()]
+    except FileNotFoundError:
+        return []
+
+
+def gone(pid):
+    """True once ``pid`` has exited (a zombie counts)."""
+    try:
+        with open("/proc/{}/stat".format(pid)) as fh:
+            return fh.read().split()[2] == "Z"
+    except FileNotFoundError:
+        return True

@@ -14,6 +14,8 @@ import pytest
 
 from mcmandelbrot.main import UsageError, parseArgs
 
+from support import children, gone
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -94,15 +96,6 @@ def test_help():
     assert b"Nx cr ci crPM [ciPM]" in done.stdout
 
 
-def children(pid):
-    """PIDs of the live children of ``pid``."""
-    try:
-        with open("/proc/{}/task/{}/children".format(pid, pid)) as fh:
-            return [int(x) for x in fh.read().split()]
-    except FileNotFoundError:
-        return []
-
-
 def test_ctrlCLeavesNothing(tmp_path):
     path = tmp_path / "big.png"
     env = dict(os.environ, PYTHONPATH=ROOT)
@@ -127,6 +120,4 @@ def test_ctrlCLeavesNothing(tmp_path):
     assert p.returncode == 130, err
     assert err.decode().endswith("mcm: interrupted\n")
     assert list(tmp_path.iterdir()) == []
-    for kid in kids:
-        assert not os.path.exists("/proc/{}".format(kid)) or \
-            open("/proc/{}/stat".format(kid)).read().split()[2] == "Z"
+    assert all(gone(kid) for kid in kids)

@@ -25,6 +25,7 @@ from mcmandelbrot.main import UsageError
 from mcmandelbrot.runner import Runner, imageHeight
 from mcmandelbrot.web.query import QueryError, parseQuery
 
+from support import children, gone
 from test_mcm_runner import decode, expected
 
 # twisted.web, twisted.application and so mcmandelbrot.web.resources and
@@ -96,7 +97,8 @@ class FakeRunner:
 
 def spyOn(runner):
     """Make ``runner.run`` keep, for each render it starts, a Deferred of
-    the render's ``(seconds, pixels)``; the list of them."""
+    the render's ``(seconds, pixels)``, firing once the callbacks the
+    resource added have run too; the list of them."""
     results = []
     run = runner.run
 
@@ -105,7 +107,7 @@ def spyOn(runner):
         results.append(held)
 
         def keep(result):
-            held.callback(result)
+            reactor.callLater(0, held.callback, result)
             return result
 
         return run(*args, **kw).addCallback(keep)
@@ -402,24 +404,6 @@ def mcmServe(*args):
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)
     line = p.stdout.readline()
     return p, line
-
-
-def children(pid):
-    """PIDs of the live children of ``pid``."""
-    try:
-        with open("/proc/{}/task/{}/children".format(pid, pid)) as fh:
-            return [int(x) for x in fh.read().split()]
-    except FileNotFoundError:
-        return []
-
-
-def gone(pid):
-    """True once ``pid`` has exited (a zombie counts)."""
-    try:
-        with open("/proc/{}/stat".format(pid)) as fh:
-            return fh.read().split()[2] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def test_serveUntilSIGTERM():

@@ -1,0 +1,195 @@
+"""
+Writes docs/performance.md: runs the benchmark suite (or reads the JSON of
+an earlier ``pytest benchmarks/ --benchmark-json=FILE``), then tabulates
+each group's contenders with their ratio to asynqueue and plots array
+throughput against size and mcm's speedup against workers.
+
+    python benchmarks/report.py                 # run the suite, then report
+    python benchmarks/report.py --json run.json # report on an earlier run
+"""
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+ARRAY_GROUP = re.compile(r"float64 array (\d+) MB in and out")
+WORKERS_GROUP = "mcm 2000x1600 -N 2000, workers"
+US = "asynqueue"
+
+
+def runSuite(jsonPath, extra):
+    """Run ``pytest benchmarks/`` writing its JSON to ``jsonPath``; the
+    command as typed."""
+    command = [sys.executable, "-m", "pytest", "benchmarks",
+               "--benchmark-json", jsonPath, "-q", *extra]
+    subprocess.run(command, cwd=ROOT, check=True)
+    return "pytest benchmarks/ " + " ".join(extra)
+
+
+def medians(data):
+    """group -> contender -> (median seconds, extra_info)."""
+    groups = {}
+    for bench in data["benchmarks"]:
+        info = bench.get("extra_info", {})
+        name = info.get("contender")
+        if name is None:
+            continue
+        groups.setdefault(bench["group"], {})[name] = (
+            bench["stats"]["median"], info)
+    return groups
+
+
+def machine(data):
+    """A line naming the CPU, its cores and the Python."""
+    model = data.get("machine_info", {}).get("cpu", {}).get("brand_raw")
+    if not model:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                model = next(line.split(":", 1)[1].strip() for line in fh
+                             if line.startswith("model name"))
+        except (OSError, StopIteration):
+            model = platform.processor() or "unknown CPU"
+    return "{}, {} cores, Python {}, {}".format(
+        model, os.cpu_count(), platform.python_version(), platform.system())
+
+
+def timeText(seconds):
+    """A duration with a unit that suits it."""
+    for unit, scale in (("s", 1), ("ms", 1e-3), ("µs", 1e-6)):
+        if seconds >= scale:
+            return "{:.3g} {}".format(seconds / scale, unit)
+    return "{:.3g} ns".format(seconds * 1e9)
+
+
+def tables(groups):
+    """Markdown lines: one table per group with asynqueue in it."""
+    lines = []
+    for group in sorted(groups):
+        contenders = groups[group]
+        if US not in contenders:
+            continue
+        ours = contenders[US][0]
+        lines += ["### " + group, "",
+                  "| contender | median | asynqueue is |", "|---|---|---|"]
+        for name, (median, _) in sorted(
+                contenders.items(), key=lambda item: item[1][0]):
+            ratio = "" if name == US else "{:.2f}x faster".format(
+                median / ours) if median >= ours else "{:.2f}x slower".format(
+                    ours / median)
+            lines.append("| {} | {} | {} |".format(
+                "**{}**".format(name) if name == US else name,
+                timeText(median), ratio))
+        lines.append("")
+    return lines
+
+
+def savePlot(path, lines, **axesOptions):
+    """Save a PNG of ``lines``, each ``(points, plot keywords)``."""
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+    figure, axes = pyplot.subplots(figsize=(6, 4))
+    for points, options in lines:
+        axes.plot(*zip(*points), **options)
+    axes.set(**axesOptions)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    pyplot.close(figure)
+
+
+def plotArrays(groups, path):
+    """MiB/s (in and out) against array size, per contender; False if
+    there is nothing to plot."""
+    series = {}
+    for group, contenders in groups.items():
+        match = ARRAY_GROUP.fullmatch(group)
+        if match:
+            megabytes = int(match.group(1))
+            for name, (median, _) in contenders.items():
+                series.setdefault(name, []).append(
+                    (megabytes, 2 * megabytes / median))
+    if not series:
+        return False
+    lines = [(sorted(points), {"marker": "o", "label": name})
+             for name, points in sorted(series.items())]
+    savePlot(path, lines, xscale="log", yscale="log",
+             xlabel="float64 array size (MB)", ylabel="MiB/s, in and out",
+             title="Arrays to a worker and back, 2 workers")
+    return True
+
+
+def plotWorkers(groups, path):
+    """mcm's speedup against its number of workers; False if not run."""
+    contenders = groups.get(WORKERS_GROUP)
+    if not contenders or "1 worker" not in contenders:
+        return False
+    points = []
+    for name, (median, _) in contenders.items():
+        workers = 2 if name == US else int(name.split()[0])
+        points.append((workers, contenders["1 worker"][0] / median))
+    points.sort()
+    top = points[-1][0]
+    savePlot(path, [(points, {"marker": "o", "label": "mcm"}),
+                    ([(1, 1), (top, top)], {"linestyle": "--",
+                                            "color": "grey",
+                                            "label": "linear"})],
+             xlabel="worker processes", ylabel="speedup over 1 worker",
+             title="mcm 2000x1600 -N 2000")
+    return True
+
+
+def report(data, command, directory=DOCS):
+    """The text of docs/performance.md, writing its plots into
+    ``directory`` (where the page goes)."""
+    groups = medians(data)
+    lines = [
+        "# asynqueue performance", "",
+        "Measured {} on {}.".format(
+            datetime.date.today().isoformat(), machine(data)), "",
+        "Command: `{}` (then `python benchmarks/report.py --json FILE` "
+        "writes this page). Every group runs asynqueue and its peers on "
+        "the same workload in the same run; ratios are of median times, "
+        "so above 1 asynqueue is faster. Timings on shared machines vary "
+        "by 20% or more from run to run.".format(command), ""]
+    for name, plot, caption in (
+            ("perf-arrays.png", plotArrays, "Array throughput by size"),
+            ("perf-workers.png", plotWorkers, "mcm speedup by workers")):
+        if plot(groups, os.path.join(directory, name)):
+            lines += ["![{}]({})".format(caption, name), ""]
+    return "\n".join(lines + tables(groups))
+
+
+def main(args=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", help="report on this pytest-benchmark JSON "
+                   "instead of running the suite")
+    p.add_argument("--quick", action="store_true",
+                   help="run the suite in its quick (smoke) mode")
+    p.add_argument("-o", "--output",
+                   default=os.path.join(DOCS, "performance.md"))
+    ns = p.parse_args(args)
+    directory = os.path.dirname(os.path.abspath(ns.output))
+    os.makedirs(directory, exist_ok=True)
+    if ns.json:
+        jsonPath, command = ns.json, "pytest benchmarks/ --benchmark-json " \
+            "FILE"
+    else:
+        jsonPath = os.path.join(tempfile.mkdtemp(), "benchmarks.json")
+        command = runSuite(jsonPath, ["--quick"] if ns.quick else [])
+    with open(jsonPath) as fh:
+        data = json.load(fh)
+    with open(ns.output, "w") as fh:
+        fh.write(report(data, command, directory) + "\n")
+    print("wrote", ns.output)
+
+
+if __name__ == "__main__":
+    main()
