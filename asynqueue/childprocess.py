@@ -8,7 +8,6 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 
 from twisted.internet import defer, protocol, reactor
 from twisted.python import log
@@ -17,6 +16,7 @@ from twisted.python.threadable import isInIOThread
 from . import child as wire
 from ._speedups import framing
 from .child import cloudDumps, dumpsAnything
+from .iteration import BatchFetcher
 from .pipes import Channel
 from .shm import ReplyRing
 
@@ -299,39 +299,18 @@ class ReplyBatch:
 replyBatch = ReplyBatch()
 
 
-class RemoteIterator:
+class RemoteIterator(BatchFetcher):
     """The parent's handle on an iterator held by a child: fetches its items
     in batches, one round trip per batch."""
 
     def __init__(self, worker, child, ID):
+        BatchFetcher.__init__(self)
         self.worker = worker
         self.child = child
         self.ID = ID
-        self.items = deque()
-        self.more = True
 
-    def nextReady(self):
-        """``(value, True, moreLeft)`` of an item already fetched, or None
-        (the Deferator's shortcut past ``getNext``)."""
-        if self.items:
-            value = self.items.popleft()
-            return value, True, bool(self.items) or self.more
-        return None
-
-    def getNext(self):
-        """D→(value, isValid, moreLeft), as a Deferator's fetcher."""
-        if self.items:
-            return defer.succeed(self.nextReady())
-        if not self.more:
-            return defer.succeed((None, False, False))
-        return self.worker.fetch(self).addCallback(self._fetched)
-
-    def _fetched(self, reply):
-        items, more = reply
-        self.items.extend(items)
-        if not more:
-            self._ended()
-        return self.getNext()
+    def fetchBatch(self):
+        return self.worker.fetch(self)
 
     def drop(self, result=None):
         """Forget the iterator (in the child too, if it has items left);
@@ -339,10 +318,10 @@ class RemoteIterator:
         if self.more:
             self.items.clear()
             self.child.drop(self.ID)
-            self._ended()
+            self.ended()
         return result
 
-    def _ended(self):
+    def ended(self):
         """The child holds the iterator no more."""
         self.more = False
         self.worker.iteratorEnded(self.child, self.ID)

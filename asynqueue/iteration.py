@@ -9,6 +9,7 @@ machinery never polls.
 """
 import inspect
 import logging
+from collections import deque
 from operator import itemgetter
 
 from twisted.internet import defer
@@ -319,6 +320,51 @@ class Deferator:
         self.moreLeft = False
         if not self.d.called:
             self.d.callback(completed)
+
+
+class BatchFetcher:
+    """
+    A Deferator's fetcher for an iterator held elsewhere whose items come
+    in batches: ``getNext`` hands out the items of the last batch and
+    asks for the next one, with ``fetchBatch()`` (D→``(items,
+    moreLeft)``; subclasses say how), only when they have run out.
+    ``nextReady`` gives the Deferator items at hand without a Deferred.
+    """
+
+    def __init__(self):
+        self.items = deque()
+        self.more = True
+
+    def fetchBatch(self):
+        raise NotImplementedError("BatchFetcher subclasses fetch batches")
+
+    def storeBatch(self, batch):
+        """Keep a batch's items; ``ended()`` is called after the last."""
+        items, more = batch
+        self.items.extend(items)
+        if not more:
+            self.ended()
+
+    def ended(self):
+        """The iterator has no more batches."""
+        self.more = False
+
+    def nextReady(self):
+        """``(value, True, moreLeft)`` of an item already fetched, or
+        None (the Deferator's shortcut past ``getNext``)."""
+        if self.items:
+            value = self.items.popleft()
+            return value, True, bool(self.items) or self.more
+        return None
+
+    def getNext(self):
+        """D→(value, isValid, moreLeft), as a Deferator's fetcher."""
+        if self.items:
+            return defer.succeed(self.nextReady())
+        if not self.more:
+            return defer.succeed((None, False, False))
+        d = self.fetchBatch().addCallback(self.storeBatch)
+        return d.addCallback(lambda _: self.getNext())
 
 
 class Prefetcherator:

@@ -15,7 +15,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .interfaces import IWorker
-from .iteration import Deferator, Prefetcherator
+from .iteration import BatchFetcher, Deferator, Prefetcherator
 from .util import o2p, p2o
 from .wireproto import (
     KEY_ENV, NONCE_BYTES, PROTOCOL_VERSION, Authenticate,
@@ -494,24 +494,24 @@ def _relayTo(result, d):
     return result
 
 
-class RemoteIterator:
+class RemoteIterator(BatchFetcher):
     """The worker's handle on an iterator a server holds for it: fetches
     its items in batches (one GetNext per item from a 0.9 server) and
     has the server drop it when the Deferator is stopped or dropped."""
 
     def __init__(self, worker, ID):
+        BatchFetcher.__init__(self)
         self.worker = worker
         self.ap = worker.ap
         self.ID = ID
-        self.items = deque()
-        self.more = True
 
     def start(self):
         """D→whether there is a first item (fetching the first batch)."""
         if self.ap.legacy:
             self.prefetcher = Prefetcherator(self.ID)
             return self.prefetcher.setup(self._fetchOne)
-        return self._fetch().addCallback(lambda _: bool(self.items))
+        d = self.fetchBatch().addCallback(self.storeBatch)
+        return d.addCallback(lambda _: bool(self.items))
 
     def deferator(self):
         fetch = self.prefetcher.getNext if self.ap.legacy else self.getNext
@@ -521,30 +521,12 @@ class RemoteIterator:
         weakref.finalize(dr, reactor.callFromThread, self.drop)
         return dr
 
-    def _fetch(self):
+    def fetchBatch(self):
         d = self.ap.callRemote(
             NextBatch, ID=self.ID, size=self.worker.iterationBatch)
-        return d.addCallback(self._fetched)
-
-    def _fetched(self, reply):
-        self.items.extend(unpackObject(reply['items'], reply['payload']))
-        self.more = reply['moreLeft']
-
-    def nextReady(self):
-        """``(value, True, moreLeft)`` of an item already fetched, or None
-        (the Deferator's shortcut past ``getNext``)."""
-        if self.items:
-            value = self.items.popleft()
-            return value, True, bool(self.items) or self.more
-        return None
-
-    def getNext(self):
-        """D→(value, isValid, moreLeft), as a Deferator's fetcher."""
-        if self.items:
-            return defer.succeed(self.nextReady())
-        if not self.more:
-            return defer.succeed((None, False, False))
-        return self._fetch().addCallback(lambda _: self.getNext())
+        return d.addCallback(lambda reply: (
+            unpackObject(reply['items'], reply['payload']),
+            reply['moreLeft']))
 
     def _fetchOne(self):
         """The next item from a 0.9 server; StopIteration at the end."""

@@ -315,12 +315,12 @@ class TestIteration(WireTestCase):
 
     def countBatches(self):
         batches = []
-        fetch = wire.RemoteIterator._fetch
+        fetch = wire.RemoteIterator.fetchBatch
 
         def counting(remote):
             batches.append(remote.worker.iterationBatch)
             return fetch(remote)
-        self.patch(wire.RemoteIterator, "_fetch", counting)
+        self.patch(wire.RemoteIterator, "fetchBatch", counting)
         return batches
 
     @defer.inlineCallbacks
