@@ -28,4 +28,5 @@ __all__ = lazyExports(globals(), {
     "WireWorker": "wire",
     "WireServer": "wire",
     "ServerManager": "wire",
+    "DaskWorker": "dask",
 })

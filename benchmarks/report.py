@@ -30,7 +30,7 @@ def runSuite(jsonPath, extra):
     command = [sys.executable, "-m", "pytest", "benchmarks",
                "--benchmark-json", jsonPath, "-q", *extra]
     subprocess.run(command, cwd=ROOT, check=True)
-    return "pytest benchmarks/ " + " ".join(extra)
+    return " ".join(["pytest benchmarks/", *extra])
 
 
 def medians(data):
@@ -154,8 +154,8 @@ def report(data, command, directory=DOCS):
         "# asynqueue performance", "",
         "Measured {} on {}.".format(
             datetime.date.today().isoformat(), machine(data)), "",
-        "Command: `{}` (then `python benchmarks/report.py --json FILE` "
-        "writes this page). Every group runs asynqueue and its peers on "
+        "Command: `{}`, then `python benchmarks/report.py` wrote this "
+        "page. Every group runs asynqueue and its peers on "
         "the same workload in the same run; ratios are of median times, "
         "so above 1 asynqueue is faster. Timings on shared machines vary "
         "by 20% or more from run to run.".format(command), ""]
