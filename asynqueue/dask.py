@@ -23,6 +23,7 @@ from zope.interface import implementer
 from . import errors
 from .interfaces import IWorker
 from .iteration import BatchFetcher, Deferator
+from .slots import Call, SlotsWorker, relayTo
 from .workers import iterationResult, popWorkerOptions
 
 __all__ = ["DaskWorker"]
@@ -52,24 +53,20 @@ def _importDistributed():
     return distributed, daskside
 
 
-class _Call:
+class _Call(Call):
     """A task on its way to the cluster."""
 
-    __slots__ = ("task", "raw", "consumer", "priority", "future",
-                 "abandoned")
+    __slots__ = ("priority", "future")
 
     def __init__(self, task, raw, consumer):
-        self.task = task
-        self.raw = raw
-        self.consumer = consumer
+        Call.__init__(self, task, raw, consumer)
         self.priority = task.priority
         #: The Dask future, while the call runs (set on the loop thread).
         self.future = None
-        self.abandoned = False
 
 
 @implementer(IWorker)
-class DaskWorker:
+class DaskWorker(SlotsWorker):
     """
     Runs tasks on a dask.distributed cluster: ``address_or_client`` is the
     scheduler's address (``"tcp://host:8786"``) or a ``distributed.Client``
@@ -101,6 +98,7 @@ class DaskWorker:
     """
 
     cQualified = ['dask', 'remote']
+    callType = _Call
 
     def __init__(self, address_or_client, series=[], raw=False,
                  capacity=None, iterationBatch=ITERATION_BATCH):
@@ -118,16 +116,12 @@ class DaskWorker:
         self.capacity = capacity
         self.iterationBatch = iterationBatch
         self.client = None
-        self.tasks = []
+        self._initSlots()
         self._clusterThreads = None
-        self._waiting = deque()
-        self._inFlight = []
-        self._readyWaiters = deque()
         #: (call, statusResult) of calls done on the loop thread, for the
         #: reactor (appended there, popped here).
         self._outcomes = deque()
         self._iterators = weakref.WeakSet()
-        self._resignator = None
         self._reason = None
         self._state = "connecting"
         self._connectWaiters = []
@@ -260,7 +254,7 @@ class DaskWorker:
     def whenClosed(self):
         """D→None once my client is closed and my thread has ended."""
         d = defer.Deferred()
-        self._dClosed.addBoth(_relayTo, d)
+        self._dClosed.addBoth(relayTo, d)
         return d
 
     def _connected(self, threads):
@@ -280,10 +274,12 @@ class DaskWorker:
         self._progress()
 
     @property
-    def taskLimit(self):
+    def slots(self):
         """How many calls I keep on the cluster at once: ``capacity``, or
         the cluster's worker threads (at least 1)."""
         return self.capacity or max(1, self._clusterThreads or 1)
+
+    taskLimit = slots
 
     def _fail(self, text):
         """I cannot work (no connection): say why, fail whoever waits for
@@ -321,41 +317,16 @@ class DaskWorker:
                                         self.address, call.task, text)))
         self._progress()
 
-    def _resign(self):
-        resignator, self._resignator = self._resignator, None
-        if resignator is not None:
-            resignator()
-
     # --- IWorker -------------------------------------------------------
-
-    def setResignator(self, callableObject):
-        self._resignator = callableObject
-        if self._state in ("failed", "lost"):
-            self._resign()
 
     def run(self, task):
         """Send ``task`` to the cluster when a slot is free; fires when I
         can take another (an update: once it is done everywhere)."""
-        raw, consumer, vip = popWorkerOptions(task, self.raw)
         mode = getattr(task, "updateMode", None)
         if mode is not None:
+            popWorkerOptions(task, self.raw)
             return self._update(task, mode == "persistent")
-        call = _Call(task, raw, consumer)
-        self.tasks.append(task)
-        if vip:
-            self._waiting.appendleft(call)
-        else:
-            self._waiting.append(call)
-        self._pump()
-        if self._held() < self.taskLimit or \
-                self._state not in ("connecting", "ready"):
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._readyWaiters.append(d)
-        return d
-
-    def _held(self):
-        return len(self._inFlight) + len(self._waiting)
+        return self._admit(task)
 
     def _pump(self):
         """Send waiting calls while slots are free, all in one hop to the
@@ -365,7 +336,7 @@ class DaskWorker:
         if self.client.status != "running":
             return self._lost("the client is {}".format(self.client.status))
         calls = []
-        while self._waiting and len(self._inFlight) < self.taskLimit:
+        while self._waiting and len(self._inFlight) < self.slots:
             call = self._waiting.popleft()
             self._inFlight.append(call)
             calls.append(call)
@@ -376,10 +347,7 @@ class DaskWorker:
         """Something finished or the limit changed: send what can go, let
         waiting requests through, and see whether I have stopped."""
         self._pump()
-        while self._readyWaiters and (
-                self._held() < self.taskLimit or
-                self._state not in ("connecting", "ready")):
-            self._readyWaiters.popleft().callback(None)
+        self._wakeReady(self._state not in ("connecting", "ready"))
         self._checkStopped()
 
     # --- Calls on the loop thread ----------------------------------------
@@ -446,12 +414,7 @@ class DaskWorker:
 
     def _finished(self, call, statusResult):
         """Report a call's outcome (unless abandoned) and free its slot."""
-        if call in self._inFlight:
-            self._inFlight.remove(call)
-        if call.task in self.tasks:
-            self.tasks.remove(call.task)
-        if not call.abandoned:
-            call.abandoned = True
+        if self._settle(call):
             status, result = statusResult
             if status == b'i':
                 statusResult = self._iteration(call, result)
@@ -557,10 +520,10 @@ class DaskWorker:
         and my thread has ended."""
         if self._dStopped is None:
             self._dStopped = defer.Deferred()
-            self._dClosed.addBoth(_relayTo, self._dStopped)
+            self._dClosed.addBoth(relayTo, self._dStopped)
             self._checkStopped()
         d = defer.Deferred()
-        self._dStopped.addBoth(_relayTo, d)
+        self._dStopped.addBoth(relayTo, d)
         return d
 
     def _checkStopped(self):
@@ -578,8 +541,7 @@ class DaskWorker:
         self._closing = True
         if self._state in ("connecting", "ready"):
             self._state = "stopped"
-        while self._readyWaiters:
-            self._readyWaiters.popleft().callback(None)
+        self._wakeReady(everyone=True)
         iterators = [(remote.address, remote.ID)
                      for remote in self._iterators if remote.more]
         try:
@@ -625,10 +587,7 @@ class DaskWorker:
 
     def crash(self):
         """Close the connection now; return the unfinished tasks."""
-        unfinished = list(self.tasks)
-        for call in self._inFlight + list(self._waiting):
-            call.abandoned = True
-        self._inFlight, self._waiting, self.tasks = [], deque(), []
+        unfinished = self._abandonAll()
         self._close()
         return unfinished
 
@@ -701,12 +660,3 @@ def _updateOutcome(outcomes):
 def _updateFailed(failure, task, address):
     return b'e', "Can't run update {!r} on the Dask cluster at {}: {}".format(
         task, address, failure.getErrorMessage())
-
-
-def _relayTo(result, d):
-    """Fire ``d`` with ``result`` (failures too) and pass it on."""
-    if isinstance(result, Failure):
-        d.errback(result)
-        return None
-    d.callback(result)
-    return result

@@ -16,7 +16,8 @@ from twisted.internet import defer, error, reactor
 
 from . import util
 from .childprocess import childEnvironment
-from .wireclient import RemoteIterator, WireWorker, _relayTo
+from .slots import relayTo
+from .wireclient import RemoteIterator, WireWorker
 from .wireproto import (
     KEY_ENV, AuthenticationError, GetNext, RunTask, WireError, resolveKey)
 from .wireserver import (
@@ -162,7 +163,7 @@ class ServerManager:
         killer = reactor.callLater(
             TERM_GRACE_SECONDS, _signal, info['pt'], "KILL")
         d = defer.Deferred()
-        pp.dEnded.addCallback(_relayTo, d)
+        pp.dEnded.addCallback(relayTo, d)
         return d.addBoth(_cancelTimer, killer)
 
 

@@ -7,7 +7,6 @@ Import these from ``asynqueue.wire``.
 import hmac
 import os
 import weakref
-from collections import deque
 
 from twisted.internet import defer, endpoints, error, reactor
 from twisted.protocols import amp
@@ -16,6 +15,7 @@ from zope.interface import implementer
 
 from .interfaces import IWorker
 from .iteration import BatchFetcher, Deferator, Prefetcherator
+from .slots import SlotsWorker, relayTo
 from .util import o2p, p2o
 from .wireproto import (
     KEY_ENV, NONCE_BYTES, PROTOCOL_VERSION, Authenticate,
@@ -23,24 +23,12 @@ from .wireproto import (
     WireError, WireProtocol, digest, dumpSections, log, packObject,
     resolveKey, unpackObject)
 from .wireserver import WireWorkerUniverse
-from .workers import iterationResult, popWorkerOptions
+from .workers import iterationResult
 
 __all__ = ["WireWorker", "RemoteIterator", "WireClientProtocol"]
 
 #: Items of a remote iterator fetched per round trip, by default.
 ITERATION_BATCH = 256
-
-
-class _Call:
-    """A task on its way to the server."""
-
-    __slots__ = ("task", "raw", "consumer", "abandoned")
-
-    def __init__(self, task, raw, consumer):
-        self.task = task
-        self.raw = raw
-        self.consumer = consumer
-        self.abandoned = False
 
 
 class WireClientProtocol(WireProtocol):
@@ -100,7 +88,7 @@ class WireClientProtocol(WireProtocol):
 
 
 @implementer(IWorker)
-class WireWorker:
+class WireWorker(SlotsWorker):
     """
     Runs tasks on a WireServer reached at the client endpoint
     ``description`` (``"unix:/path"``, ``"tcp:host:port"``,
@@ -140,12 +128,8 @@ class WireWorker:
         self.N_concurrent = N_concurrent
         self.iterationBatch = iterationBatch
         self.key = resolveKey(key, keyFile)
-        self.tasks = []
         self.ap = None
-        self._waiting = deque()
-        self._inFlight = []
-        self._readyWaiters = deque()
-        self._resignator = None
+        self._initSlots()
         self._state = "connecting"
         self._connectWaiters = []
         self._dClosed = defer.Deferred()
@@ -232,8 +216,7 @@ class WireWorker:
     def _closed(self):
         if not self._dClosed.called:
             self._dClosed.callback(None)
-        while self._readyWaiters:
-            self._readyWaiters.popleft().callback(None)
+        self._wakeReady(everyone=True)
         self._checkStopped()
 
     def _lostCalls(self, reason):
@@ -243,38 +226,16 @@ class WireWorker:
                                      self.description, call.task,
                                      reason.getErrorMessage())))
 
-    def _resign(self):
-        resignator, self._resignator = self._resignator, None
-        if resignator is not None:
-            resignator()
-
     # --- IWorker -------------------------------------------------------
 
-    def setResignator(self, callableObject):
-        self._resignator = callableObject
-        if self._state in ("failed", "lost"):
-            self._resign()
+    @property
+    def slots(self):
+        return self.N_concurrent
 
     def run(self, task):
         """Send ``task`` when a slot is free; fires when I can take
         another."""
-        raw, consumer, vip = popWorkerOptions(task, self.raw)
-        call = _Call(task, raw, consumer)
-        self.tasks.append(task)
-        if vip:
-            self._waiting.appendleft(call)
-        else:
-            self._waiting.append(call)
-        self._pump()
-        if self._held() < self.N_concurrent or \
-                self._state not in ("connecting", "ready"):
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._readyWaiters.append(d)
-        return d
-
-    def _held(self):
-        return len(self._inFlight) + len(self._waiting)
+        return self._admit(task)
 
     def _pump(self):
         while self._state == "ready" and self._waiting and \
@@ -390,16 +351,10 @@ class WireWorker:
 
     def _deliver(self, call, statusResult):
         """Report a call's outcome (unless abandoned) and free its slot."""
-        if call in self._inFlight:
-            self._inFlight.remove(call)
-        if call.task in self.tasks:
-            self.tasks.remove(call.task)
-        if not call.abandoned:
-            call.abandoned = True
+        if self._settle(call):
             call.task.callback(statusResult)
         self._pump()
-        while self._readyWaiters and self._held() < self.N_concurrent:
-            self._readyWaiters.popleft().callback(None)
+        self._wakeReady()
         self._checkStopped()
 
     def stop(self):
@@ -409,7 +364,7 @@ class WireWorker:
             self._dStopped = defer.Deferred()
             self._checkStopped()
         d = defer.Deferred()
-        self._dStopped.addBoth(_relayTo, d)
+        self._dStopped.addBoth(relayTo, d)
         return d
 
     def _checkStopped(self):
@@ -433,10 +388,7 @@ class WireWorker:
 
     def crash(self):
         """Drop the connection now; return the unfinished tasks."""
-        unfinished = list(self.tasks)
-        for call in self._inFlight + list(self._waiting):
-            call.abandoned = True
-        self._inFlight, self._waiting, self.tasks = [], deque(), []
+        unfinished = self._abandonAll()
         if self._state in ("connecting", "ready", "lost"):
             self._state = "stopped"
         if self._dConnecting is not None:
@@ -483,15 +435,6 @@ def _oneItem(reply):
     if not reply['isValid']:
         raise StopIteration
     return reply['value'] if reply['isRaw'] else p2o(reply['value'])
-
-
-def _relayTo(result, d):
-    """Fire ``d`` with ``result`` (failures too) and pass it on."""
-    if isinstance(result, Failure):
-        d.errback(result)
-        return None
-    d.callback(result)
-    return result
 
 
 class RemoteIterator(BatchFetcher):
