@@ -221,7 +221,7 @@ def _render(ns, output):
     """D→runInfo: render the view of ``ns`` to ``output``, print the
     statistics unless quiet, shut the runner down."""
     from twisted.internet import defer
-    from .runner import Runner
+    from .runner import Runner, imageHeight
     Nx, cr, ci, crPM, ciPM = ns.view
     if ns.description:
         from .wire import RemoteRunner
@@ -232,7 +232,6 @@ def _render(ns, output):
         runner = Runner(ns.values, stats=showStats, steepness=ns.steepness,
                         workers=ns.workers)
         dStart = defer.succeed(None)
-    from .runner import imageHeight
     progress, bar = _progressBar(ns, imageHeight(Nx, crPM, ciPM))
 
     @defer.inlineCallbacks

@@ -9,10 +9,9 @@ writes bytes.
 import time
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 
 from asynqueue.process import ProcessQueue
-
-from twisted.python.failure import Failure
 
 from . import band
 from .bands import Pipeline

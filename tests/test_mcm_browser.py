@@ -215,4 +215,7 @@ def test_typedViewQuickClicksAndClamping(url, browser):
     page.press("#crpm", "Enter")
     page.wait_for_function(
         "() => document.getElementById('crpm').value === '3'")
-    assert errors == []
+    # The server cuts a superseded image's response; if the browser was
+    # still reading it, it says so. Nothing else may go wrong.
+    assert [e for e in errors if "ERR_INCOMPLETE_CHUNKED_ENCODING" not in e
+            ] == []

@@ -8,7 +8,6 @@ MandelbrotService does the work, so twistd can run it too, from a tac file::
     application = Application("mcm")
     MandelbrotService(port=8080).setServiceParent(application)
 """
-import argparse
 import ipaddress
 import sys
 
@@ -76,16 +75,9 @@ class MandelbrotService(service.Service):
         return defer.DeferredList(waits).addCallback(lambda _: None)
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, raising UsageError instead of printing and exiting."""
-
-    def error(self, message):
-        from ..main import UsageError
-        raise UsageError(message)
-
-
 def _parser():
     """The command line of ``mcm serve``."""
+    from ..main import _Parser
     p = _Parser(prog="mcm serve", description=(
         "Serve the interactive Mandelbrot page: open the URL it prints in "
         "a browser, click to zoom in. Ctrl-C stops it."))
