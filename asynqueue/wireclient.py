@@ -157,6 +157,13 @@ class WireWorker(SlotsWorker):
         self._connectWaiters.append(d)
         return d
 
+    def whenClosed(self):
+        """D→None once my connection has closed (or never opened), whether
+        I was stopped or it was lost."""
+        d = defer.Deferred()
+        self._dClosed.addBoth(relayTo, d)
+        return d
+
     def _connected(self, ap):
         self._dConnecting = None
         self.ap = ap

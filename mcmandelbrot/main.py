@@ -299,7 +299,7 @@ def _runReactor(ns, output):
         reactor.addSystemEventTrigger("before", "shutdown", runner.shutdown)
         d.addCallbacks(lambda r: outcome.setdefault("ok", r),
                        lambda f: outcome.setdefault("failure", f))
-        d.addBoth(lambda _: reactor.stop() if reactor.running else None)
+        d.addBoth(lambda _: _stopReactor(reactor))
 
     reactor.callWhenRunning(start)
     reactor.run()
@@ -313,6 +313,15 @@ def _runReactor(ns, output):
         return 1
     print("mcm: interrupted", file=sys.stderr)
     return EXIT_INTERRUPTED
+
+
+def _stopReactor(reactor):
+    """Stop the reactor unless it is stopping already (after Ctrl-C)."""
+    from twisted.internet.error import ReactorNotRunning
+    try:
+        reactor.stop()
+    except ReactorNotRunning:
+        pass
 
 
 def main():

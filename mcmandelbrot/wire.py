@@ -209,8 +209,16 @@ class RemoteRunner:
             worker = WireWorker(
                 MandelbrotWorkerUniverse(), description, series=["mcm"],
                 N_concurrent=2, key=self.key, keyFile=self.keyFile)
+            yield worker.whenConnected()
+            worker.whenClosed().addCallback(self._workerClosed)
         self.worker = worker
         yield self.q.attachWorker(worker)
+
+    def _workerClosed(self, _):
+        """My server went away: end my own queue, so that the calls
+        waiting for it fail instead of waiting for ever."""
+        if self.ownQueue:
+            self.q.shutdown()
 
     @defer.inlineCallbacks
     def run(self, fh, Nx, cr, ci, crPM, ciPM, dCancel=None, requester=None,

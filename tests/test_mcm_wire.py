@@ -80,6 +80,18 @@ class RemoteRunnerTest(unittest.TestCase):
         self.assertLess(pixels, 2000 * 2000)
 
     @defer.inlineCallbacks
+    def test_connectionLostMidRenderFailsTheRun(self):
+        # (Cutting the connection, not killing the server: a server killed
+        # with SIGKILL cannot free its shared memory.)
+        transport = self.remote.worker.ap.transport
+        fh = io.BytesIO()
+        d = self.remote.run(
+            fh, 2000, -0.630, 0, 1.4, 1.4,
+            progress=lambda *a: transport.abortConnection())
+        failure = yield self.assertFailure(d, Exception)
+        self.assertIn("shut down", str(failure))
+
+    @defer.inlineCallbacks
     def test_writeImageAndResetup(self):
         directory = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, directory)
@@ -122,3 +134,15 @@ def test_mcmRemoteCommand(tmp_path):
         server.wait(timeout=30)
     assert server.returncode == 0
     assert all(gone(kid) for kid in kids)
+
+
+def test_mcmUnreachableServerFailsAtOnce(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "mcmandelbrot", "-q", "-d",
+         "unix:" + str(tmp_path / "nobody.sock"), "-o",
+         str(tmp_path / "x.png"), "100", "-0.6", "0", "1.4"],
+        capture_output=True, env=dict(os.environ, PYTHONPATH=ROOT),
+        timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines()[-1].startswith("mcm: error: ")
+    assert list(tmp_path.iterdir()) == []
