@@ -228,6 +228,8 @@ class Deferator:
         else:
             self.representation = repr([])
             self._finish(True)
+        self._nextReady = getattr(
+            getattr(self.callTuple[0], "__self__", None), "nextReady", None)
 
     def __repr__(self):
         return "<Deferator wrapping of\n  <{}>,\nat 0x{:012x}>".format(
@@ -256,8 +258,7 @@ class Deferator:
         without waiting, or None), else None: items of a batch fetched
         from a worker then cost one Deferred each instead of a chain.
         """
-        nextReady = getattr(
-            getattr(self.callTuple[0], "__self__", None), "nextReady", None)
+        nextReady = self._nextReady
         if nextReady is None or not self.moreLeft or (
                 self.dIterate is not None and not self.dIterate.called):
             return None

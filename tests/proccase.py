@@ -8,11 +8,12 @@ import os
 import shutil
 import tempfile
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer
 from twisted.trial import unittest
 
 from asynqueue import shm
 from asynqueue.process import ProcessQueue
+from support import collect, waitUntil  # noqa: F401 (for the process tests)
 
 #: The longest a test waits for a condition (a liveness bound, seconds).
 DEADLINE = 10.0
@@ -50,26 +51,6 @@ def isRunning(pid):
 
 def shmExists(name):
     return os.path.exists("/dev/shm" + name)
-
-
-@defer.inlineCallbacks
-def waitUntil(condition, what, deadline=DEADLINE):
-    """Fire once ``condition()`` is true; fail after ``deadline`` s."""
-    clock = reactor.seconds()
-    while not condition():
-        if reactor.seconds() - clock > deadline:
-            raise AssertionError("Waited {} s for {}".format(deadline, what))
-        yield task.deferLater(reactor, 0.01, lambda: None)
-
-
-@defer.inlineCallbacks
-def collect(dr):
-    """Every item of a Deferator."""
-    items = []
-    for d in dr:
-        item = yield d
-        items.append(item)
-    return items
 
 
 class ProcessTestCase(unittest.TestCase):

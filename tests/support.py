@@ -7,7 +7,7 @@ import sys
 from contextlib import contextmanager
 from io import StringIO
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor, task
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
@@ -154,3 +154,22 @@ def gone(pid):
             return fh.read().split()[2] == "Z"
     except FileNotFoundError:
         return True
+
+
+@defer.inlineCallbacks
+def collect(dr):
+    """D→every item of a Deferator, waiting for each."""
+    items = []
+    for d in dr:
+        items.append((yield d))
+    return items
+
+
+@defer.inlineCallbacks
+def waitUntil(condition, what, deadline=10.0):
+    """Fire once ``condition()`` is true; fail after ``deadline`` s."""
+    started = reactor.seconds()
+    while not condition():
+        if reactor.seconds() - started > deadline:
+            raise AssertionError("Waited {} s for {}".format(deadline, what))
+        yield task.deferLater(reactor, 0.005, lambda: None)

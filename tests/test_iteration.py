@@ -18,6 +18,7 @@ from asynqueue.errors import ImplementationError, NotReadyError
 from asynqueue.iteration import (
     Deferator, Delay, IterationProducer, ListConsumer, Prefetcherator,
     deferToDelay, isIterator, iteratorToProducer)
+from support import collect
 
 
 # --- Helpers ----------------------------------------------------------------
@@ -49,15 +50,6 @@ def spin(turns=5):
     """Let the reactor run a few turns."""
     for _ in range(turns):
         yield turn()
-
-
-@defer.inlineCallbacks
-def collect(dr):
-    """D→the values of every Deferred a Deferator yields."""
-    values = []
-    for d in dr:
-        values.append((yield d))
-    return values
 
 
 def generate(items, pulled=None):

@@ -25,7 +25,7 @@ from asynqueue import errors, threads
 from asynqueue.base import TaskQueue
 from asynqueue.iteration import Deferator, ListConsumer
 from asynqueue.tasks import Task
-from support import capturedLog, capturedStderr
+from support import capturedLog, capturedStderr, collect
 
 #: Seconds a thread that has finished its work gets to disappear, and a
 #: gated call to wait for its gate: bounds on waits that end by themselves,
@@ -110,15 +110,6 @@ class ThreadCheckingIterator:
     def __next__(self):
         self.inReactor.append(isInIOThread())
         return next(self.items)
-
-
-@defer.inlineCallbacks
-def collect(dr):
-    """The items of a Deferator, waiting for each."""
-    items = []
-    for d in dr:
-        items.append((yield d))
-    return items
 
 
 @implementer(IConsumer)

@@ -18,6 +18,7 @@ from asynqueue import errors, misc, wire
 from asynqueue.base import TaskQueue
 from asynqueue.iteration import Deferator, ListConsumer
 from asynqueue.util import o2p, p2o
+from support import collect, waitUntil  # noqa: F401 (for the wire tests)
 
 
 class WireTestUniverse(misc.TestUniverse):
@@ -68,24 +69,6 @@ class WireTestUniverse(misc.TestUniverse):
         held, self.held = self.held, []
         for d, value in held:
             d.callback(value)
-
-
-@defer.inlineCallbacks
-def waitUntil(condition, what, deadline=10.0):
-    """Fire once ``condition()`` is true; fail after ``deadline`` s."""
-    started = reactor.seconds()
-    while not condition():
-        if reactor.seconds() - started > deadline:
-            raise AssertionError("Waited {} s for {}".format(deadline, what))
-        yield task.deferLater(reactor, 0.005, lambda: None)
-
-
-@defer.inlineCallbacks
-def collect(dr):
-    items = []
-    for d in dr:
-        items.append((yield d))
-    return items
 
 
 class WireTestCase(unittest.TestCase):
