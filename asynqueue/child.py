@@ -15,7 +15,7 @@ import time
 from itertools import count
 
 from ._speedups import framing
-from .shm import ArenaReader, ReplyRingWriter
+from .shm import ArenaReader, ReplyArenaWriter, regionSize
 
 __all__ = ["ProcessUniverse", "cloudDumps", "dumpsAnything", "errorText"]
 
@@ -24,12 +24,12 @@ CALL = 1            # (f, args, kw, raw) -> RESULT
 NEXT = 2            # (iteratorID, batchSize) -> ITEMS
 DROP = 3            # iteratorID; no reply
 SEGMENT = 4         # (segmentID, name) of a call arena segment
-RING = 5            # (generation, name) of a new reply ring -> RING_ACK
+REPLY_ARENA = 5     # (generation, name) of a new reply arena -> ARENA_ACK
 # Frame kinds, child to parent.
 RESULT = 10         # (status, result, childSeconds)
 ITEMS = 11          # (items, moreLeft)
-WANT_RING = 12      # minimum size of a reply ring that would have helped
-RING_ACK = 13       # generation: the child writes only to that ring now
+WANT_ARENA = 12     # minimum size of a reply arena that would have helped
+ARENA_ACK = 13      # generation: the child writes only to that arena now
 READY = 14          # no payload: the child has started serving
 
 #: File descriptors of the call channel in the child.
@@ -149,51 +149,50 @@ class ProcessUniverse:
         self._iteratorIDs = count(1)
         self.segments = {}
         self.arena = ArenaReader()
-        self.ring = None
-        self.ringGeneration = 0
+        self.replyArena = None
+        self.replyGeneration = 0
         self._wanted = 0
         self.reader = framing.FrameReader()
         self.writer = framing.FrameWriter(
             shmThreshold, self._allocate, self._release)
         self._handlers = {
             CALL: self.runCall, NEXT: self.sendItems, DROP: self.dropIterator,
-            SEGMENT: self.addSegment, RING: self.useRing,
+            SEGMENT: self.addSegment, REPLY_ARENA: self.useReplyArena,
         }
 
     # --- Shared memory ---------------------------------------------------
 
     def _allocate(self, nbytes):
-        """Room for a reply buffer in the reply ring, as ``(generation,
-        offset, view)``, or None (noting how much a bigger ring would have
+        """Room for a reply buffer in the reply arena, as ``(generation,
+        offset, view)``, or None (noting how much a bigger arena would have
         needed)."""
-        region = self.ring.allocate(nbytes) if self.ring else None
+        arena = self.replyArena
+        region = arena.allocate(nbytes) if arena is not None else None
         if region is None:
-            self._wanted += nbytes
+            self._wanted += regionSize(nbytes)
             return None
-        return self.ringGeneration, region[1], region[2]
+        return self.replyGeneration, region[1], region[2]
 
     def _release(self, segment, offset):
-        self.ring.release(0, offset)
+        self.replyArena.release(0, offset)
 
     def addSegment(self, requestID, payload):
         segmentID, name = payload
         self.segments[segmentID] = name
 
-    def useRing(self, requestID, payload):
-        """Write replies to a new ring from now on."""
+    def useReplyArena(self, requestID, payload):
+        """Write replies to a new reply arena from now on."""
         generation, name = payload
-        if self.ring is not None:
-            self.ring.close()
-        self.ring = ReplyRingWriter.attach(name)
-        self.ringGeneration = generation
-        self.writer.writeBytes(RING_ACK, requestID, pickle.dumps(generation))
+        if self.replyArena is not None:
+            self.replyArena.close()
+        self.replyArena = ReplyArenaWriter.attach(name)
+        self.replyGeneration = generation
+        self.writer.writeBytes(ARENA_ACK, requestID, pickle.dumps(generation))
 
     def _buffers(self, frame):
-        """Private copies of a frame's shared-memory buffers."""
-        return [
-            framing.copyOut(self.arena.view(
-                self.segments[segment], offset, length))
-            for segment, offset, length in frame.buffers]
+        """A frame's shared-memory buffers, borrowed in place."""
+        return [self.arena.borrow(self.segments[segment], offset, length)
+                for segment, offset, length in frame.buffers]
 
     # --- Requests ----------------------------------------------------------
 
@@ -267,7 +266,7 @@ class ProcessUniverse:
         self.writer.write(kind, requestID, obj, dumps=dumpsAnything)
         if self._wanted:
             self.writer.writeBytes(
-                WANT_RING, 0, pickle.dumps(self._wanted))
+                WANT_ARENA, 0, pickle.dumps(self._wanted))
 
     # --- The loop ------------------------------------------------------
 
@@ -312,8 +311,8 @@ class ProcessUniverse:
     def close(self):
         self.iterators.clear()
         self.arena.close()
-        if self.ring is not None:
-            self.ring.close()
+        if self.replyArena is not None:
+            self.replyArena.close()
 
     # --- 0.9 API ---------------------------------------------------------
 

@@ -18,13 +18,13 @@ from ._speedups import framing
 from .child import cloudDumps, dumpsAnything
 from .iteration import BatchFetcher
 from .pipes import Channel
-from .shm import ReplyRing
+from .shm import ReplyArena
 
 __all__ = ["ChildProcess", "RemoteIterator", "Call", "childEnvironment",
            "exitText", "replyBatch"]
 
-#: The smallest reply ring made for a child (bytes).
-MIN_RING = 8 << 20
+#: The smallest reply arena made for a child (bytes).
+MIN_REPLY_ARENA = 8 << 20
 
 
 def byValue(f):
@@ -61,14 +61,12 @@ def exitText(reason):
 class Call:
     """A task sent (or about to be sent) to a child."""
 
-    __slots__ = ("task", "raw", "consumer", "regions", "sent", "abandoned",
-                 "update")
+    __slots__ = ("task", "raw", "consumer", "sent", "abandoned", "update")
 
     def __init__(self, task, raw, consumer, update=None):
         self.task = task
         self.raw = raw
         self.consumer = consumer
-        self.regions = ()
         self.sent = 0.0
         self.abandoned = False
         #: The persistent update this call runs, as kept for new children.
@@ -91,7 +89,7 @@ class ChildProtocol(protocol.ProcessProtocol):
 class ChildProcess:
     """
     One child process of a worker, as the parent sees it: its calls in
-    flight, iterators and reply rings. Also what ``ProcessWorker.process``
+    flight, iterators and reply arenas. Also what ``ProcessWorker.process``
     is: ``pid``, ``is_alive()`` and ``join(timeout=None)``.
     """
 
@@ -99,8 +97,8 @@ class ChildProcess:
         self.worker = worker
         self.pending = {}
         self.fetches = {}
-        self.rings = {}
-        self.ringGeneration = 0
+        self.replyArenas = {}
+        self.replyGeneration = 0
         self.announced = set()
         self.calls = 0
         self.ready = False
@@ -150,7 +148,7 @@ class ChildProcess:
 
     def _allocate(self, nbytes):
         """A call arena region, announcing new segments to the child."""
-        region = self.worker.arena.allocate(nbytes)
+        region = self.worker.arena.allocate(nbytes, self)
         segment = region[0]
         if segment not in self.announced:
             self.announced.add(segment)
@@ -161,7 +159,7 @@ class ChildProcess:
     def send(self, requestID, call, f, args, kw):
         """Frame a call for the child; raise if it cannot be pickled."""
         dumps = cloudDumps if byValue(f) else dumpsAnything
-        call.regions = self.writer.write(
+        self.writer.write(
             wire.CALL, requestID, (f, args, kw, call.raw), dumps=dumps)
         call.sent = time.perf_counter()
         self.pending[requestID] = call
@@ -243,36 +241,35 @@ class ChildProcess:
             frame = reader.next()
 
     def replyBuffers(self, frame):
-        """Private copies of a reply's buffers, freeing their ring space."""
-        buffers = []
-        for generation, offset, length in frame.buffers:
-            ring = self.rings[generation]
-            buffers.append(framing.copyOut(ring.view(offset, length)))
-            ring.consume(offset, length)
-        return buffers
+        """A reply's buffers, borrowed in place from the reply arena."""
+        return [self.replyArenas[generation].borrow(offset, length)
+                for generation, offset, length in frame.buffers]
 
-    def growRing(self, wanted):
-        """The child wants a bigger reply ring: make one and send it."""
-        current = self.rings.get(self.ringGeneration)
-        size = max(MIN_RING, 2 * wanted, 2 * (current.size if current else 0))
-        self.ringGeneration += 1
-        self.rings[self.ringGeneration] = ReplyRing.create(size)
-        self._control.write(wire.RING, 0, (
-            self.ringGeneration, self.rings[self.ringGeneration].name))
+    def growReplyArena(self, wanted):
+        """The child wants a bigger reply arena: make one and send it."""
+        current = self.replyArenas.get(self.replyGeneration)
+        size = max(MIN_REPLY_ARENA, 2 * wanted,
+                   2 * (current.size if current else 0))
+        self.replyGeneration += 1
+        arena = self.replyArenas[self.replyGeneration] = \
+            ReplyArena.create(size)
+        self._control.write(wire.REPLY_ARENA, 0, (
+            self.replyGeneration, arena.name))
         self.flush()
 
-    def ringAcknowledged(self, generation):
-        """The child writes to ring ``generation`` now: free the older."""
-        for old in [g for g in self.rings if g < generation]:
-            self.rings.pop(old).close()
+    def replyArenaAcknowledged(self, generation):
+        """The child writes to reply arena ``generation`` now: free the
+        older ones (once no reply borrowed from them is in use)."""
+        for old in [g for g in self.replyArenas if g < generation]:
+            self.replyArenas.pop(old).close()
 
     def ended(self, reason):
         self.channel.drain()
         self.channel.close()
         self.exitReason = reason
-        for ring in self.rings.values():
-            ring.close()
-        self.rings.clear()
+        for arena in self.replyArenas.values():
+            arena.close()
+        self.replyArenas.clear()
         self._ended.set()
         self.worker.childEnded(self, reason)
 

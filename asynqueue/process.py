@@ -164,8 +164,7 @@ class ProcessWorker:
         order they were sent."""
         pending, child.pending = child.pending, {}
         self._callsInFlight -= len(pending)
-        for call in pending.values():
-            self._releaseRegions(call)
+        self.arena.releaseBorrower(child)
         return [call for call in pending.values() if not call.abandoned]
 
     def _blame(self, child, call, reason):
@@ -252,15 +251,16 @@ class ProcessWorker:
             self._resultReceived(child, frame)
         elif kind == wire.ITEMS:
             d = child.fetches.pop(frame.requestID, None)
-            reply = pickle.loads(frame.payload, buffers=child.replyBuffers(frame))
+            reply = pickle.loads(
+                frame.payload, buffers=child.replyBuffers(frame))
             if d is not None:
                 d.callback(reply)
         elif kind == wire.READY:
             child.ready = True
-        elif kind == wire.WANT_RING:
-            child.growRing(pickle.loads(frame.payload))
-        elif kind == wire.RING_ACK:
-            child.ringAcknowledged(pickle.loads(frame.payload))
+        elif kind == wire.WANT_ARENA:
+            child.growReplyArena(pickle.loads(frame.payload))
+        elif kind == wire.ARENA_ACK:
+            child.replyArenaAcknowledged(pickle.loads(frame.payload))
         else:
             raise framing.ProtocolError("unknown frame kind {}".format(kind))
 
@@ -270,12 +270,13 @@ class ProcessWorker:
         if call is None:
             return
         self._callsInFlight -= 1
-        self._releaseRegions(call)
         try:
-            status, result, seconds = pickle.loads(frame.payload, buffers=buffers)
+            status, result, seconds = pickle.loads(
+                frame.payload, buffers=buffers)
         except Exception as error:
-            status, result, seconds = b'e', "Can't load the result of {!r}: {}".format(
-                call.task, error), None
+            status, seconds = b'e', None
+            result = "Can't load the result of {!r}: {}".format(
+                call.task, error)
         if self.callTimes is not None:
             self.callTimes.append((time.perf_counter() - call.sent, seconds))
         if call.task is not None:
@@ -314,11 +315,6 @@ class ProcessWorker:
         return remote.child.fetch(
             next(self._requestIDs) & 0xFFFFFFFF, remote.ID,
             self.iterationBatch)
-
-    def _releaseRegions(self, call):
-        regions, call.regions = call.regions, ()
-        for segment, offset, length in regions:
-            self.arena.release(segment, offset)
 
     def _slotFreed(self):
         """A call finished: let a waiting request through."""

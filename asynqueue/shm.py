@@ -1,6 +1,7 @@
 """
 Shared memory for process workers: POSIX segments, the call arena a parent
-fills for its child, the reply ring a child fills for its parent, and
+fills for its child, the reply arena a child fills for its parent (each
+borrowing the other's buffers in place), and
 SharedArray, a numpy array that other processes attach to by name.
 Segments are opened through CPython's ``_posixshmem`` directly, so that
 Python's resource tracker never sees them (cpython#82300) and only their
@@ -20,9 +21,11 @@ from operator import index
 
 import _posixshmem
 
+from ._speedups import framing
+
 __all__ = [
-    "Segment", "CallArena", "ArenaReader", "ReplyRing", "ReplyRingWriter",
-    "SharedArray",
+    "Segment", "CallArena", "ArenaReader", "ReplyArena", "ReplyArenaWriter",
+    "SharedArray", "borrow",
 ]
 
 #: Every segment name starts with this (``/dev/shm/aq-*`` on Linux).
@@ -31,18 +34,9 @@ NAME_PREFIX = "/aq-"
 ALIGNMENT = 64
 #: A CallArena grows by segments of a whole number of these bytes.
 GROWTH_UNIT = 1 << 20
-#: Bytes at the start of a reply ring segment holding its counters.
-RING_HEADER_SIZE = 64
-
-# The reply ring header: three native uint64, each read and written by a
-# single aligned 8-byte access. The child alone writes WRITTEN, the parent
-# alone writes CONSUMED: linear byte counts (WRITTEN - CONSUMED bytes are in
-# use), the first only going back when the child takes back regions that it
-# has not sent yet.
-_WRITTEN, _CONSUMED, _CAPACITY = range(3)
-# A frame has at most this many buffers by default, so a ring writer keeps
-# that many allocations for a rollback (FrameReader's maxBuffers).
-_ROLLBACK_DEPTH = 4096
+#: Bytes before every arena region: the first is set by the borrower when it
+#: gives the region back.
+REGION_HEADER = 64
 
 
 def _checkPositive(what, value):
@@ -162,21 +156,131 @@ class Segment:
 
 
 # ---------------------------------------------------------------------------
-# The call arena (parent) and its reader (child)
+# Lent regions: the arenas
 # ---------------------------------------------------------------------------
+
+def regionSize(nbytes):
+    """The bytes an arena region of ``nbytes`` takes: its header, then the
+    data rounded up to the alignment."""
+    return REGION_HEADER + _alignUp(nbytes, ALIGNMENT)
+
+
+def _firstFit(used, size, areaSize):
+    """The lowest start with ``size`` free bytes among the sorted ``used``
+    (start, end) pairs of an area of ``areaSize`` bytes, or None."""
+    free = 0
+    for start, end in used:
+        if start - free >= size:
+            return free
+        free = end
+    return free if areaSize - free >= size else None
+
+
+class _Regions:
+    """
+    First-fit regions of one mapped area, each lent to the other process
+    once allocated: a region follows a header of REGION_HEADER bytes whose
+    first byte the borrower sets (see ``borrow``) when it is done with it,
+    and the lender takes it back at its next allocation.
+    """
+
+    __slots__ = ("_area", "_used", "_lent")
+
+    def __init__(self, area):
+        self._area = area
+        self._used = []         # sorted (start, end) of every region
+        self._lent = {}         # data offset -> (start, borrower)
+
+    def allocate(self, nbytes, borrower=None):
+        """``(offset, view)`` of a new region of ``nbytes`` bytes, or None
+        when the area has no room for it."""
+        self.reclaim()
+        size = regionSize(nbytes)
+        start = _firstFit(self._used, size, len(self._area))
+        if start is None:
+            return None
+        bisect.insort(self._used, (start, start + size))
+        self._area[start] = 0
+        offset = start + REGION_HEADER
+        self._lent[offset] = (start, borrower)
+        return offset, self._area[offset:offset + nbytes]
+
+    def release(self, offset):
+        """Free the region at ``offset`` now, given back or not."""
+        entry = self._lent.pop(offset, None)
+        if entry is None:
+            return False
+        del self._used[bisect.bisect_left(self._used, (entry[0],))]
+        return True
+
+    def reclaim(self):
+        """Free every region that its borrower has given back."""
+        area = self._area
+        for offset in [offset for offset, (start, _) in self._lent.items()
+                       if area[start]]:
+            self.release(offset)
+
+    def releaseBorrower(self, borrower):
+        """Free every region lent to ``borrower`` (which has died)."""
+        for offset in [offset for offset, (_, who) in self._lent.items()
+                       if who is borrower]:
+            self.release(offset)
+
+    def __len__(self):
+        """How many regions are lent."""
+        return len(self._lent)
+
+
+def _giveBack(flag):
+    flag[0] = 1
+
+
+def borrow(area, offset, length):
+    """
+    The region of ``length`` bytes at ``offset`` of a lender's ``area``, as
+    a writable buffer: the shared memory itself, given back to the lender
+    when the last array made from it is gone, so that nothing is copied.
+    The lease is a numpy array (out-of-band buffers come from numpy
+    arrays, so numpy is there); without numpy, a private copy, and the
+    region is given back at once.
+    """
+    if offset < REGION_HEADER or length < 0 or offset + length > len(area):
+        raise ValueError(
+            "region of {} bytes at offset {} lies outside an area of {} "
+            "bytes".format(length, offset, len(area)))
+    flag = area[offset - REGION_HEADER:offset - REGION_HEADER + 1]
+    numpy = _numpy()
+    if numpy is None or not length:
+        copy = framing.copyOut(area[offset:offset + length])
+        flag[0] = 1
+        return copy
+    lease = numpy.frombuffer(area[offset:offset + length], numpy.uint8)
+    weakref.finalize(lease, _giveBack, flag).atexit = False
+    return memoryview(lease)
+
+
+def _numpy():
+    """numpy, imported on first use; None where it is not installed."""
+    try:
+        import numpy
+    except ImportError:
+        return None
+    return numpy
+
 
 class CallArena:
     """
     The shared memory where a parent places the large buffers of calls to
-    one child: a list of segments (ids 0, 1, 2…) created on demand, with
-    first-fit allocation of 64-byte aligned regions.
+    its child: segments (ids 0, 1, 2…) created on demand, each holding
+    first-fit regions that the child borrows in place and gives back when
+    done with them.
     """
 
     def __init__(self, initialSize=1 << 20):
         self._initialSize = _alignUp(
             _checkPositive("initialSize", initialSize), ALIGNMENT)
         self._segments = []
-        self._regions = []      # per segment: sorted (offset, end) in use
+        self._regions = []
         self._closed = False
 
     @property
@@ -184,38 +288,43 @@ class CallArena:
         """How many segments the arena has created so far."""
         return len(self._segments)
 
-    def allocate(self, nbytes):
+    @property
+    def lentCount(self):
+        """How many regions are lent and not yet taken back."""
+        for regions in self._regions:
+            regions.reclaim()
+        return sum(len(regions) for regions in self._regions)
+
+    def allocate(self, nbytes, borrower=None):
         """
-        A region of ``nbytes`` bytes: ``(segment, offset, view)`` where
-        ``view`` is a writable memoryview of exactly ``nbytes`` bytes.
-        A new, larger segment is added when none has room.
+        A region of ``nbytes`` bytes lent to ``borrower``: ``(segment,
+        offset, view)`` where ``view`` is a writable memoryview of exactly
+        ``nbytes`` bytes. A new, larger segment is added when none has room.
         """
         if self._closed:
             raise RuntimeError("this CallArena is closed")
         nbytes = _checkPositive("nbytes", nbytes)
-        size = _alignUp(nbytes, ALIGNMENT)
         for segment, regions in enumerate(self._regions):
-            offset = self._firstFit(regions, size, self._segments[segment].size)
-            if offset is not None:
-                break
-        else:
-            segment, offset = self._addSegment(size), 0
-        bisect.insort(self._regions[segment], (offset, offset + size))
-        view = self._segments[segment].buffer[offset:offset + nbytes]
-        return segment, offset, view
+            region = regions.allocate(nbytes, borrower)
+            if region is not None:
+                return (segment,) + region
+        segment = self._addSegment(regionSize(nbytes))
+        return (segment,) + self._regions[segment].allocate(nbytes, borrower)
 
     def release(self, segment, offset):
-        """Free the region that ``allocate`` placed at ``offset`` of
-        ``segment``. After ``close`` this does nothing."""
+        """Free the region at ``offset`` of ``segment`` now (a frame that
+        was never sent). After ``close`` this does nothing."""
         if self._closed:
             return
-        regions = self._regions[segment] \
-            if 0 <= segment < len(self._regions) else []
-        position = bisect.bisect_left(regions, (offset,))
-        if position == len(regions) or regions[position][0] != offset:
+        if not (0 <= segment < len(self._regions)
+                and self._regions[segment].release(offset)):
             raise ValueError("no region is allocated at offset {} of "
                              "segment {}".format(offset, segment))
-        del regions[position]
+
+    def releaseBorrower(self, borrower):
+        """Free every region lent to ``borrower``, a child that has ended."""
+        for regions in self._regions:
+            regions.releaseBorrower(borrower)
 
     def segmentName(self, segment):
         """The name a child attaches segment number ``segment`` by."""
@@ -227,17 +336,7 @@ class CallArena:
         for segment in self._segments:
             segment.unlink()
             segment.close()
-        self._regions = [[] for _ in self._segments]
-
-    @staticmethod
-    def _firstFit(regions, size, segmentSize):
-        """The lowest offset with ``size`` free bytes, or None."""
-        free = 0
-        for start, end in regions:
-            if start - free >= size:
-                return free
-            free = end
-        return free if segmentSize - free >= size else None
+        self._regions = []
 
     def _addSegment(self, size):
         """Create the next segment, with room for ``size`` bytes at least;
@@ -247,182 +346,117 @@ class CallArena:
         else:
             largest = max((s.size for s in self._segments), default=0)
             segmentSize = max(2 * largest, _alignUp(size, GROWTH_UNIT))
-        self._segments.append(Segment.create(segmentSize))
-        self._regions.append([])
+        segment = Segment.create(segmentSize)
+        self._segments.append(segment)
+        self._regions.append(_Regions(segment.buffer))
         return len(self._segments) - 1
 
 
 class ArenaReader:
     """
-    The child's side of a CallArena: views of regions by segment name,
+    The child's side of a CallArena: borrows regions by segment name,
     attaching each segment on first use and keeping it mapped.
     """
 
     def __init__(self):
         self._segments = {}
 
-    def view(self, name, offset, length):
-        """A writable memoryview of ``length`` bytes at ``offset`` of
-        segment ``name``."""
+    def borrow(self, name, offset, length):
+        """The region of ``length`` bytes at ``offset`` of segment
+        ``name``, borrowed (see ``borrow``)."""
         segment = self._segments.get(name)
         if segment is None:
             segment = self._segments[name] = Segment.attach(name)
-        if offset < 0 or length < 0 or offset + length > segment.size:
-            raise ValueError(
-                "region of {} bytes at offset {} lies outside segment {!r} "
-                "of {} bytes".format(length, offset, name, segment.size))
-        return segment.buffer[offset:offset + length]
+        return borrow(segment.buffer, offset, length)
 
     def close(self):
-        """Unmap every attached segment (a later ``view`` attaches anew)."""
+        """Unmap every attached segment (once no borrowed region is in use;
+        a later ``borrow`` attaches anew)."""
         segments, self._segments = self._segments, {}
         for segment in segments.values():
             segment.close()
 
 
 # ---------------------------------------------------------------------------
-# The reply ring: child (writer) to parent (owner)
+# The reply arena: child (lender) to parent (owner, borrower)
 # ---------------------------------------------------------------------------
 
-def _placeRegion(position, size, capacity):
+class ReplyArena:
     """
-    Where a ring region of ``size`` (aligned) bytes goes when the linear
-    count of bytes written so far is ``position``: ``(offset, advance)``,
-    skipping the tail of the ring when the region does not fit there.
+    The parent's side of a reply arena, a segment it owns and the child
+    fills: the parent borrows each reply buffer in place (see ``borrow``).
     """
-    offset = position % capacity
-    tail = capacity - offset
-    if size > tail:
-        return 0, tail + size
-    return offset, size
 
-
-class _RingMapping:
-    """A mapped reply ring segment: its header counters and data area."""
-
-    def __init__(self, segment, capacity):
-        if (capacity < ALIGNMENT or capacity % ALIGNMENT
-                or capacity + RING_HEADER_SIZE > segment.size):
-            segment.close()
-            raise ValueError("segment {!r} is not a reply ring".format(
-                segment.name))
+    def __init__(self, segment):
         self._segment = segment
-        self._counters = segment.buffer[:RING_HEADER_SIZE].cast("Q")
-        self._data = segment.buffer[
-            RING_HEADER_SIZE:RING_HEADER_SIZE + capacity]
-        self._capacity = capacity
+
+    @classmethod
+    def create(cls, size):
+        """A new arena of ``size`` bytes (rounded up to a multiple of
+        64)."""
+        return cls(Segment.create(
+            _alignUp(_checkPositive("size", size), ALIGNMENT)))
 
     @property
     def name(self):
-        """The ring's segment name."""
         return self._segment.name
 
     @property
     def size(self):
-        """Bytes in the ring's data area."""
-        return self._capacity
+        return self._segment.size
+
+    def borrow(self, offset, length):
+        """The reply buffer of ``length`` bytes at ``offset``."""
+        return borrow(self._segment.buffer, offset, length)
 
     def close(self):
-        """Unmap the ring."""
-        self._counters.release()
-        self._data.release()
-        self._segment.close()
-
-
-class ReplyRing(_RingMapping):
-    """
-    The parent's side of a reply ring, which it owns: the child places
-    large reply buffers there, the parent copies them out and consumes
-    them in the order they were written.
-    """
-
-    def __init__(self, segment, capacity):
-        super().__init__(segment, capacity)
-        self._counters[_CAPACITY] = capacity
-        self._consumed = 0
-
-    @classmethod
-    def create(cls, size):
-        """A new ring with a data area of ``size`` bytes (rounded up to a
-        multiple of 64)."""
-        capacity = _alignUp(_checkPositive("size", size), ALIGNMENT)
-        return cls(Segment.create(RING_HEADER_SIZE + capacity), capacity)
-
-    def view(self, offset, length):
-        """A memoryview of the region of ``length`` bytes at ``offset``."""
-        if offset < 0 or length < 0 or offset + length > self._capacity:
-            raise ValueError("region of {} bytes at offset {} lies outside a "
-                             "ring of {} bytes".format(
-                                 length, offset, self._capacity))
-        return self._data[offset:offset + length]
-
-    def consume(self, offset, length):
-        """Mark the region at ``offset`` as read; it must be the next
-        unconsumed one, so that the child may write there again."""
-        expected, advance = _placeRegion(
-            self._consumed, _alignUp(_checkPositive("length", length),
-                                     ALIGNMENT), self._capacity)
-        if offset != expected:
-            raise ValueError(
-                "the region at offset {} is not the next unconsumed one, "
-                "which is at offset {}".format(offset, expected))
-        if self._consumed + advance > self._counters[_WRITTEN]:
-            raise ValueError("the region at offset {} was never written"
-                             .format(offset))
-        self._consumed += advance
-        self._counters[_CONSUMED] = self._consumed
-
-    def close(self):
-        """Unmap and unlink the ring (closing twice does nothing)."""
+        """Unlink the arena; it is unmapped once no borrowed buffer is in
+        use. Closing twice does nothing."""
         if not self._segment.closed:
-            super().close()
             self._segment.unlink()
+            self._segment.close()
 
 
-class ReplyRingWriter(_RingMapping):
+class ReplyArenaWriter:
     """
-    The child's side of a reply ring: regions for large reply buffers,
-    handed out in order, contiguous, 64-byte aligned.
+    The child's side of a reply arena: regions for large reply buffers,
+    lent to the parent, taken back once it has given them back.
     """
 
-    def __init__(self, segment, capacity):
-        super().__init__(segment, capacity)
-        self._written = self._counters[_WRITTEN]
-        self._recent = deque(maxlen=_ROLLBACK_DEPTH)    # (offset, written)
+    def __init__(self, segment):
+        self._segment = segment
+        self._regions = _Regions(segment.buffer)
 
     @classmethod
     def attach(cls, name):
-        """Attach the ring that the parent created as ``name``."""
-        segment = Segment.attach(name)
-        capacity = 0
-        if segment.size >= RING_HEADER_SIZE:
-            with segment.buffer[:RING_HEADER_SIZE].cast("Q") as counters:
-                capacity = counters[_CAPACITY]
-        return cls(segment, capacity)
+        """Attach the arena that the parent created as ``name``."""
+        return cls(Segment.attach(name))
+
+    @property
+    def name(self):
+        return self._segment.name
+
+    @property
+    def size(self):
+        return self._segment.size
 
     def allocate(self, nbytes):
-        """
-        ``(0, offset, view)`` for a region of ``nbytes`` bytes, or None when
-        the ring has no room for it now (unconsumed replies) or ever.
-        """
-        size = _alignUp(_checkPositive("nbytes", nbytes), ALIGNMENT)
-        if size > self._capacity:
-            return None
-        offset, advance = _placeRegion(self._written, size, self._capacity)
-        written = self._written + advance
-        if written - self._counters[_CONSUMED] > self._capacity:
-            return None
-        self._recent.append((offset, self._written))
-        self._written = self._counters[_WRITTEN] = written
-        return 0, offset, self._data[offset:offset + nbytes]
+        """``(0, offset, view)`` for a region of ``nbytes`` bytes, or None
+        when the arena has no room for it now (lent replies) or ever."""
+        region = self._regions.allocate(_checkPositive("nbytes", nbytes))
+        return None if region is None else (0,) + region
 
     def release(self, segment, offset):
-        """Take back the latest region (not yet sent to the parent): the
-        undo of ``allocate``, for FrameWriter when pickling fails."""
-        if segment != 0 or not self._recent or self._recent[-1][0] != offset:
-            raise ValueError("only the latest region can be released, not "
-                             "segment {} offset {}".format(segment, offset))
-        self._written = self._counters[_WRITTEN] = self._recent.pop()[1]
+        """Take back a region not sent to the parent (FrameWriter's undo
+        when pickling fails)."""
+        if segment != 0 or not self._regions.release(offset):
+            raise ValueError("no region is allocated at offset {} of "
+                             "segment {}".format(offset, segment))
+
+    def close(self):
+        """Unmap the arena."""
+        self._regions = None
+        self._segment.close()
 
 
 # ---------------------------------------------------------------------------

@@ -140,23 +140,27 @@ def array(request, quick):
     return np.random.default_rng(1).random(request.param * (1 << 17))
 
 
-def arrayGroup(array):
-    return "float64 array {} MB in and out".format(array.nbytes >> 20)
+def recordArray(benchmark, record, function, name, array):
+    """Each contender warms every worker up first (the first call of a
+    size sets up its memory), then makes five timed calls."""
+    benchmark.group = "float64 array {} MB in and out".format(
+        array.nbytes >> 20)
+    record(function, name, rounds=5, warmup=2 * WORKERS)
 
 
 def test_arrayAsynqueue(benchmark, record, aq, runReactor, array):
-    benchmark.group = arrayGroup(array)
-    record(lambda: runReactor(aq.call, negate, array), "asynqueue")
+    recordArray(benchmark, record, lambda: runReactor(aq.call, negate, array),
+                "asynqueue", array)
 
 
 def test_arrayProcessPoolExecutor(benchmark, record, ppe, array):
-    benchmark.group = arrayGroup(array)
-    record(lambda: ppe.submit(negate, array).result(), "ProcessPoolExecutor")
+    recordArray(benchmark, record, lambda: ppe.submit(negate, array).result(),
+                "ProcessPoolExecutor", array)
 
 
 def test_arrayPool(benchmark, record, pool, array):
-    benchmark.group = arrayGroup(array)
-    record(lambda: pool.apply(negate, (array,)), "Pool.apply")
+    recordArray(benchmark, record, lambda: pool.apply(negate, (array,)),
+                "Pool.apply", array)
 
 
 # --- A SharedArray processed in place ---------------------------------------

@@ -1,8 +1,8 @@
 """
-Tests of what process workers carry: numpy arrays in and out (small, large,
-larger than the reply ring, non-contiguous), bytes, callables sent by value,
-things that cannot be pickled or imported, and SharedArrays passed by
-reference.
+Tests of what process workers carry: numpy arrays in and out (small,
+large, larger than the reply arena, kept by either side, non-contiguous),
+bytes, callables sent by value, things that cannot be pickled or imported,
+and SharedArrays passed by reference.
 """
 import sys
 import threading
@@ -52,33 +52,101 @@ class TestArrays(ProcessTestCase):
         self.assertGreater(self.workerOf(q).arena.segmentCount, 0)
 
     @defer.inlineCallbacks
-    def test_resultsOutgrowReplyRing(self):
-        """A result larger than the reply ring comes back all the same
-        (through the pipe), and the ring grows for the next ones."""
+    def test_resultsOutgrowReplyArena(self):
+        """A result larger than the reply arena comes back all the same
+        (through the pipe), and the arena grows for the next ones."""
         q = self.makeQueue()
         worker = self.workerOf(q)
         small = numpy.arange(LARGE // 32, dtype=numpy.float64)
         for _ in range(2):
             self.assertTrue(numpy.array_equal(
                 (yield q.call(procfuncs.twice, small)), small * 2))
-        first = worker.process.ringGeneration
+        first = worker.process.replyGeneration
         self.assertEqual(first, 1)
         big = numpy.arange(3 * LARGE, dtype=numpy.uint8)
         for _ in range(3):
             result = yield q.call(procfuncs.twice, big)
             self.assertTrue(numpy.array_equal(result, big * 2))
-        self.assertGreater(worker.process.ringGeneration, first)
-        self.assertEqual(len(worker.process.rings), 1)
+        self.assertGreater(worker.process.replyGeneration, first)
+        self.assertEqual(len(worker.process.replyArenas), 1)
 
     @defer.inlineCallbacks
     def test_pipelinedLargeResults(self):
-        """Many large results in flight at once share the reply ring."""
+        """Many large results in flight at once share the reply arena."""
         q = self.makeQueue(2, pipelining=4)
         arrays = [numpy.full(LARGE // 8, float(k)) for k in range(12)]
         results = yield defer.gatherResults(
             [q.call(procfuncs.twice, a) for a in arrays])
         for k, result in enumerate(results):
             self.assertTrue((result == 2.0 * k).all())
+
+    @defer.inlineCallbacks
+    def test_keptResultsStayIntact(self):
+        """Results are the caller's for as long as it keeps them: the
+        child never writes where a kept result lies, and they outlive the
+        queue (whose shared memory is unlinked all the same)."""
+        q = self.makeQueue()
+        kept = []
+        for k in range(12):
+            result = yield q.call(procfuncs.twice, numpy.full(LARGE // 8, k))
+            if k % 3 == 0:
+                kept.append((k, result[1:]))
+            del result
+        for k, view in kept:
+            self.assertTrue((view == 2 * k).all())
+        yield q.shutdown()
+        self.assertNothingLeft()
+        for k, view in kept:
+            self.assertTrue((view == 2 * k).all())
+
+    @defer.inlineCallbacks
+    def test_argumentKeptByTheChild(self):
+        """An argument the child keeps stays intact while later calls come
+        through the arena; once the child lets go, its memory is reused."""
+        q = self.makeQueue()
+        arena = self.workerOf(q).arena
+        yield q.call(procfuncs.setGlobal, "kept", numpy.full(LARGE // 8, 7.0))
+        self.assertEqual(arena.lentCount, 1)
+        for k in range(5):
+            yield q.call(procfuncs.mutateAndSum, numpy.full(LARGE // 8, k))
+        self.assertEqual(arena.lentCount, 1)
+        kept = yield q.call(procfuncs.getGlobal, "kept")
+        self.assertTrue((kept == 7.0).all())
+        yield q.call(procfuncs.setGlobal, "kept", None)
+        self.assertEqual(arena.lentCount, 0)
+        segments = arena.segmentCount
+        for k in range(5):
+            yield q.call(procfuncs.mutateAndSum, numpy.full(LARGE // 8, k))
+        self.assertEqual(arena.segmentCount, segments)
+
+    @defer.inlineCallbacks
+    def test_memoryReusedCallAfterCall(self):
+        """A loop of large calls reuses the same shared memory: the arena
+        and the reply arena stop growing, and nothing stays lent."""
+        q = self.makeQueue()
+        worker = self.workerOf(q)
+        array = numpy.ones(LARGE // 8)
+        for _ in range(3):
+            yield q.call(procfuncs.twice, array)
+        segments = worker.arena.segmentCount
+        generation = worker.process.replyGeneration
+        for _ in range(20):
+            result = yield q.call(procfuncs.twice, array)
+        self.assertTrue((result == 2.0).all())
+        self.assertEqual(worker.arena.segmentCount, segments)
+        self.assertEqual(worker.process.replyGeneration, generation)
+        self.assertEqual(worker.arena.lentCount, 0)
+
+    @defer.inlineCallbacks
+    def test_deadChildsRegionsAreFreed(self):
+        q = self.makeQueue()
+        worker = self.workerOf(q)
+        yield q.call(procfuncs.setGlobal, "kept", numpy.ones(LARGE // 8))
+        self.assertEqual(worker.arena.lentCount, 1)
+        old = worker.process
+        old.kill()
+        yield self.replaced(worker, old)
+        self.assertEqual(worker.arena.lentCount, 0)
 
     @defer.inlineCallbacks
     def test_nonContiguousArrays(self):

@@ -1,8 +1,9 @@
 """
 Tests of ``asynqueue.shm``: segments, the call arena and its reader, the
-reply ring (with a fuzz test against a model), and SharedArray across real
-child processes. Every test checks that it leaves no ``/dev/shm/aq-*`` entry
-and child processes check that the resource tracker never hears of ours.
+reply arena (with a fuzz test against a model), borrowing in place, and
+SharedArray across real child processes. Every test checks that it leaves
+no ``/dev/shm/aq-*`` entry and child processes check that the resource
+tracker never hears of ours.
 """
 import gc
 import os
@@ -10,6 +11,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+import threading
 
 import numpy as np
 import pytest
@@ -18,7 +20,8 @@ from hypothesis import given, settings, strategies as st
 from asynqueue import shm
 from asynqueue._speedups import framing
 from asynqueue.shm import (
-    ArenaReader, CallArena, ReplyRing, ReplyRingWriter, Segment, SharedArray)
+    ArenaReader, CallArena, ReplyArena, ReplyArenaWriter, Segment,
+    SharedArray)
 
 SHM_DIRECTORY = "/dev/shm"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -144,11 +147,11 @@ class TestSegment:
 
     def test_no_resource_tracker_and_no_numpy(self):
         out = runChild("""
-            from asynqueue.shm import Segment, ReplyRing, ReplyRingWriter
+            from asynqueue.shm import Segment, ReplyArena, ReplyArenaWriter
             segment = Segment.create(100)
             Segment.attach(segment.name).close()
-            ring = ReplyRing.create(256)
-            ReplyRingWriter.attach(ring.name).close()
+            ring = ReplyArena.create(256)
+            ReplyArenaWriter.attach(ring.name).close()
             ring.close()
             segment.unlink()
             segment.close()
@@ -158,8 +161,11 @@ class TestSegment:
 
 
 # ---------------------------------------------------------------------------
-# CallArena and ArenaReader
+# Lent regions: CallArena, ArenaReader, the reply arena and borrow
 # ---------------------------------------------------------------------------
+
+H = shm.REGION_HEADER
+
 
 @pytest.fixture
 def arena():
@@ -168,19 +174,52 @@ def arena():
     arena.close()
 
 
+def giveBack(area, offset):
+    """What a borrower does when done with the region at ``offset``."""
+    area[offset - H] = 1
+
+
 class TestCallArena:
 
     def test_aligned_first_fit_and_reuse(self, arena):
         regions = [arena.allocate(n) for n in (1, 64, 65, 1000)]
         assert [(s, o) for s, o, _ in regions] == [
-            (0, 0), (0, 64), (0, 128), (0, 256)]
+            (0, H), (0, 2 * H + 64), (0, 3 * H + 128), (0, 4 * H + 256)]
         assert [len(v) for _, _, v in regions] == [1, 64, 65, 1000]
-        arena.release(0, 64)
-        assert arena.allocate(10)[:2] == (0, 64)
-        arena.release(0, 128)
-        assert arena.allocate(200)[:2] == (0, 1280)
-        assert arena.allocate(128)[:2] == (0, 128)
+        assert arena.lentCount == 4
+        arena.release(0, 2 * H + 64)
+        assert arena.allocate(10)[:2] == (0, 2 * H + 64)
+        arena.release(0, 3 * H + 128)
+        assert arena.allocate(200)[:2] == (0, 5 * H + 1280)
+        assert arena.allocate(128)[:2] == (0, 3 * H + 128)
         assert arena.segmentCount == 1
+
+    def test_given_back_regions_are_taken_back(self, arena):
+        segment, offset, view = arena.allocate(1000)
+        reader = ArenaReader()
+        try:
+            name = arena.segmentName(segment)
+            borrowed = np.frombuffer(reader.borrow(name, offset, 1000),
+                                     np.uint8)
+            assert arena.allocate(10)[1] > offset      # still lent
+            assert arena.lentCount == 2
+            del borrowed
+            gc.collect()
+            assert arena.lentCount == 1                 # given back
+            assert arena.allocate(10)[:2] == (0, offset)
+        finally:
+            reader.close()
+
+    def test_release_borrower(self, arena):
+        first, second = object(), object()
+        regions = [arena.allocate(100, borrower) for borrower in
+                   (first, second, first, second)]
+        arena.releaseBorrower(first)
+        assert arena.lentCount == 2
+        assert arena.allocate(100)[:2] == regions[0][:2]
+        arena.releaseBorrower(second)
+        arena.releaseBorrower(second)
+        assert arena.lentCount == 1
 
     def test_growth(self, arena):
         assert arena.segmentCount == 0
@@ -188,17 +227,17 @@ class TestCallArena:
         second = arena.allocate(700000)
         assert (first[0], second[0]) == (0, 1)
         huge = arena.allocate(5 << 20)
-        assert huge[:2] == (2, 0)
+        assert huge[:2] == (2, H)
         sizes = [Segment.attach(arena.segmentName(n)) for n in range(3)]
-        assert [s.size for s in sizes] == [1 << 20, 2 << 20, 5 << 20]
+        assert [s.size for s in sizes] == [1 << 20, 2 << 20, 6 << 20]
         for segment in sizes:
             segment.close()
-        arena.release(1, 0)
-        assert arena.allocate(1 << 20)[:2] == (1, 0)
-        bigger = arena.allocate(6 << 20)
+        arena.release(1, H)
+        assert arena.allocate(1 << 20)[:2] == (1, H)
+        bigger = arena.allocate(7 << 20)
         assert bigger[0] == 3
         attached = Segment.attach(arena.segmentName(3))
-        assert attached.size == 10 << 20
+        assert attached.size == 12 << 20
         attached.close()
 
     def test_initial_size(self):
@@ -208,15 +247,17 @@ class TestCallArena:
             segment = Segment.attach(arena.segmentName(0))
             assert segment.size == 5056
             segment.close()
-            assert arena.allocate(5000)[:2] == (1, 0)
+            assert arena.allocate(5000)[:2] == (1, H)
         finally:
             arena.close()
 
     def test_bad_release(self, arena):
         arena.allocate(10)
-        for segment, offset in ((0, 64), (1, 0), (-1, 0)):
+        for segment, offset in ((0, 0), (0, 2 * H), (1, H), (-1, H)):
             with pytest.raises(ValueError, match="no region"):
                 arena.release(segment, offset)
+        with pytest.raises(ValueError, match="positive"):
+            arena.allocate(0)
 
     def test_close(self, arena):
         segment, offset, view = arena.allocate(100)
@@ -226,187 +267,213 @@ class TestCallArena:
         assert name[1:] not in ourEntries()
         view[0] = 1     # still mapped while the view lives
         arena.release(segment, offset)
+        arena.releaseBorrower(None)
         with pytest.raises(RuntimeError, match="closed"):
             arena.allocate(1)
 
-    def test_reader_sees_the_arena(self, arena):
+    def test_reader_borrows_in_place(self, arena):
         reader = ArenaReader()
         try:
             segment, offset, view = arena.allocate(5)
             view[:] = b"hello"
             name = arena.segmentName(segment)
-            assert bytes(reader.view(name, offset, 5)) == b"hello"
-            reader.view(name, 0, 1)[0] = ord("j")
+            borrowed = reader.borrow(name, offset, 5)
+            assert bytes(borrowed) == b"hello"
+            borrowed[0] = ord("j")
             assert bytes(view) == b"jello"
-            with pytest.raises(ValueError, match="outside"):
-                reader.view(name, (1 << 20) - 2, 3)
+            for bad in ((1 << 20) - 2, 3), (H - 1, 1), (H, -1):
+                with pytest.raises(ValueError, match="outside"):
+                    reader.borrow(name, *bad)
+            del borrowed
         finally:
             reader.close()
-        assert bytes(reader.view(name, offset, 5)) == b"jello"
-        reader.close()
+        assert arena.lentCount == 0
 
     def test_with_frames(self, arena):
-        """A call travels: FrameWriter → arena → child's reader → loads."""
+        """A call travels: FrameWriter → arena → child's reader → loads;
+        the regions come back once the arrays are gone."""
         arrays = [np.arange(100000.0), np.ones((300, 300), np.int16, "F")]
         writer = framing.FrameWriter(allocate=arena.allocate,
                                      release=arena.release)
         placed = writer.write(1, 7, arrays)
-        assert len(placed) == 2
+        assert len(placed) == 2 and arena.lentCount == 2
         frames = framing.FrameReader()
         frames.feed(writer.take())
         frame = frames.next()
         reader = ArenaReader()
         try:
-            buffers = [framing.copyOut(reader.view(
-                arena.segmentName(s), o, n)) for s, o, n in frame.buffers]
+            back = pickle.loads(frame.payload, buffers=[
+                reader.borrow(arena.segmentName(s), o, n)
+                for s, o, n in frame.buffers])
+            assert all(np.array_equal(a, b) for a, b in zip(arrays, back))
+            assert back[1].flags.f_contiguous and back[0].flags.writeable
+            keep = back[1][2:5]
+            del back
+            gc.collect()
+            assert arena.lentCount == 1
+            del keep
+            gc.collect()
+            assert arena.lentCount == 0
         finally:
             reader.close()
-        for segment, offset, _ in frame.buffers:
-            arena.release(segment, offset)
-        back = pickle.loads(frame.payload, buffers=buffers)
-        assert all(np.array_equal(a, b) for a, b in zip(arrays, back))
-        assert back[1].flags.f_contiguous and back[0].flags.writeable
+
+
+class TestBorrow:
+
+    def test_given_back_when_the_last_array_goes(self):
+        area = memoryview(bytearray(4 * H))
+        area[H:H + 8] = b"abcdefgh"
+        borrowed = shm.borrow(area, H, 8)
+        assert isinstance(borrowed, memoryview) and not borrowed.readonly
+        array = np.frombuffer(borrowed, np.uint8)[2:]
+        del borrowed
+        gc.collect()
+        assert area[0] == 0
+        array[0] = ord("C")
+        assert bytes(area[H:H + 8]) == b"abCdefgh"
+        del array
+        gc.collect()
+        assert area[0] == 1
+
+    def test_given_back_from_another_thread(self):
+        area = memoryview(bytearray(2 * H))
+        holder = [shm.borrow(area, H, 16)]
+        thread = threading.Thread(target=holder.clear)
+        thread.start()
+        thread.join()
+        assert area[0] == 1
+
+    def test_a_copy_without_numpy(self):
+        """Where numpy is not installed, the borrower gets a private copy,
+        and the region is given back at once."""
+        out = runChild("""
+            sys.modules["numpy"] = None
+            from asynqueue import shm
+            area = memoryview(bytearray(256))
+            area[64:69] = b"hello"
+            copy = shm.borrow(area, 64, 5)
+            copy[0] = ord("j")
+            print(type(copy).__name__, bytes(copy), bytes(area[64:69]),
+                  area[0])
+        """)
+        assert out == b"bytearray b'jello' b'hello' 1\n"
 
 
 # ---------------------------------------------------------------------------
-# The reply ring
+# The reply arena
 # ---------------------------------------------------------------------------
 
 @pytest.fixture
-def ring():
-    ring = ReplyRing.create(256)
-    writer = ReplyRingWriter.attach(ring.name)
-    yield ring, writer
-    writer.close()
-    ring.close()
+def replies():
+    parent = ReplyArena.create(1024)
+    child = ReplyArenaWriter.attach(parent.name)
+    yield parent, child
+    child.close()
+    parent.close()
 
 
-class TestReplyRing:
+class TestReplyArena:
 
-    def test_sizes(self, ring):
-        parent, child = ring
-        assert parent.size == child.size == 256
+    def test_sizes(self, replies):
+        parent, child = replies
+        assert parent.size == child.size == 1024
         assert child.name == parent.name
-        odd = ReplyRing.create(100)
+        odd = ReplyArena.create(100)
         assert odd.size == 128
         odd.close()
         odd.close()
 
-    def test_wrap_around(self, ring):
-        parent, child = ring
-        regions = [child.allocate(n) for n in (64, 64, 100)]
-        assert [r[:2] for r in regions] == [(0, 0), (0, 64), (0, 128)]
-        assert child.allocate(1) is None            # full
-        regions[0][2][:] = b"a" * 64
-        assert bytes(parent.view(0, 64)) == b"a" * 64
-        parent.consume(0, 64)
-        parent.consume(64, 64)
-        assert child.allocate(192) is None          # 128 bytes are free
-        assert child.allocate(64)[:2] == (0, 0)     # wraps to the start
-        parent.consume(128, 100)
-        assert child.allocate(128)[:2] == (0, 64)
-        assert child.allocate(65) is None           # tail too short, 0 in use
-        parent.consume(0, 64)
-        assert child.allocate(65) is None           # 0..128 overlaps 64..192
-        parent.consume(64, 128)
-        _, offset, view = child.allocate(65)        # skips 64 at the tail
-        assert offset == 0 and len(view) == 65
-        parent.consume(0, 65)
-        assert child.allocate(256) is None          # the tail is skipped
-        assert child.allocate(128)[:2] == (0, 128)
+    def test_lent_until_given_back(self, replies):
+        parent, child = replies
+        regions = [child.allocate(n) for n in (64, 300, 100)]
+        assert [r[:2] for r in regions] == [(0, 64), (0, 192), (0, 576)]
+        assert child.allocate(257) is None      # 704..1024 is free
+        regions[1][2][:] = b"a" * 300
+        first = np.frombuffer(parent.borrow(3 * H, 300), np.uint8)
+        assert bytes(first) == b"a" * 300
+        others = [parent.borrow(64, 64), parent.borrow(576, 100)]
+        del others
+        gc.collect()
+        assert child.allocate(64)[:2] == (0, 64)
+        assert child.allocate(101)[:2] == (0, 576)
+        first[0] = 0        # the parent's, until it lets go
+        assert bytes(regions[1][2][:2]) == b"\0a"
+        del first
+        gc.collect()
+        assert child.allocate(300)[:2] == (0, 192)
 
-    def test_never_fits(self, ring):
-        parent, child = ring
-        assert child.allocate(257) is None
-        assert child.allocate(256)[:2] == (0, 0)
+    def test_never_fits(self, replies):
+        parent, child = replies
+        assert child.allocate(1024 - H + 1) is None
+        assert child.allocate(1024 - H)[:2] == (0, H)
 
-    def test_consume_in_order_only(self, ring):
-        parent, child = ring
-        child.allocate(10)
-        child.allocate(10)
-        with pytest.raises(ValueError, match="next unconsumed one, which is "
-                                             "at offset 0"):
-            parent.consume(64, 10)
-        parent.consume(0, 10)
-        parent.consume(64, 10)
-        with pytest.raises(ValueError, match="never written"):
-            parent.consume(128, 10)
-        with pytest.raises(ValueError, match="outside"):
-            parent.view(200, 100)
-
-    def test_release_rolls_back_the_latest(self, ring):
-        parent, child = ring
+    def test_release_takes_back_unsent_regions(self, replies):
+        parent, child = replies
         child.allocate(10)
         second = child.allocate(100)
-        third = child.allocate(64)
-        with pytest.raises(ValueError, match="latest"):
-            child.release(0, second[1])
-        child.release(0, third[1])
         child.release(0, second[1])
-        assert child.allocate(150)[:2] == (0, 64)
-        parent.consume(0, 10)
-        parent.consume(64, 150)
+        with pytest.raises(ValueError, match="no region"):
+            child.release(0, second[1])
+        with pytest.raises(ValueError, match="no region"):
+            child.release(1, H)
+        assert child.allocate(100)[:2] == second[:2]
 
-    def test_frame_writer_failure_rolls_back(self, ring):
-        parent, child = ring
+    def test_frame_writer_failure_rolls_back(self, replies):
+        parent, child = replies
         writer = framing.FrameWriter(10, child.allocate, child.release)
         with pytest.raises((pickle.PicklingError, AttributeError)):
             writer.write(1, 0, [np.ones(10), np.ones(5), lambda: 0])
-        assert writer.write(1, 0, np.ones(10)) == [(0, 0, 80)]
-        parent.consume(0, 80)
+        assert writer.write(1, 0, np.ones(10)) == [(0, H, 80)]
 
-    @pytest.mark.parametrize("size", [1, 64, 1000])
-    def test_attach_refuses_other_segments(self, size):
-        segment = Segment.create(size)
-        with pytest.raises(ValueError, match="not a reply ring"):
-            ReplyRingWriter.attach(segment.name)
-        segment.unlink()
-        segment.close()
+    def test_bad_borrow(self, replies):
+        parent, child = replies
+        for offset, length in (0, 1), (1000, 100), (H, -1):
+            with pytest.raises(ValueError, match="outside"):
+                parent.borrow(offset, length)
 
 
 @settings(max_examples=200, deadline=None)
 @given(st.integers(1, 40).map(lambda n: n * 64),
-       st.lists(st.one_of(st.integers(1, 3000), st.just(0)), max_size=80),
+       st.lists(st.one_of(st.integers(1, 3000), st.integers(-80, -1)),
+                max_size=80),
        st.randoms(use_true_random=False))
-def test_ring_fuzz(capacity, operations, rng):
-    """Random allocations (positive sizes) and consumptions (0): the data
-    written is the data read, no region overlaps an unconsumed one, and the
-    ring refuses exactly when a model says there is no room."""
-    parent = ReplyRing.create(capacity)
-    child = ReplyRingWriter.attach(parent.name)
-    outstanding = []            # (linear start, linear end, offset, data)
-    written = consumed = 0
+def test_reply_arena_fuzz(capacity, operations, rng):
+    """Random allocations (positive sizes) and drops of a borrowed buffer
+    (negative: which one): the data written is the data read, no region
+    overlaps a borrowed one, and the child refuses only when no free
+    stretch is long enough."""
+    parent = ReplyArena.create(capacity)
+    child = ReplyArenaWriter.attach(parent.name)
+    borrowed = []           # (offset, size, data, array)
     try:
         for operation in operations:
-            if operation == 0:
-                if outstanding:
-                    start, end, offset, data = outstanding.pop(0)
-                    assert bytes(parent.view(offset, len(data))) == data
-                    parent.consume(offset, len(data))
-                    consumed = end
+            if operation < 0:
+                if borrowed:
+                    dropped = borrowed.pop(operation % len(borrowed))
+                    assert bytes(dropped[3]) == dropped[2]
+                    del dropped
                 continue
-            size = -(-operation // 64) * 64
-            tail = capacity - written % capacity
-            skip = tail if size > tail else 0
-            fits = written + skip + size - consumed <= capacity
+            size = shm.regionSize(operation)
+            used = sorted((o - H, o - H + s) for o, s, _, _ in borrowed)
+            gaps = [b - a for a, b in zip(
+                [0] + [end for _, end in used],
+                [start for start, _ in used] + [capacity])]
             region = child.allocate(operation)
-            assert (region is not None) == (fits and size <= capacity)
+            assert (region is not None) == (max(gaps) >= size)
             if region is None:
                 continue
             _, offset, view = region
-            start = written + skip
-            assert offset == start % capacity and offset + size <= capacity
-            for otherStart, otherEnd, otherOffset, _ in outstanding:
-                assert (offset + size <= otherOffset or
-                        otherOffset + otherEnd - otherStart <= offset), \
-                    "overlaps unconsumed data"
+            assert offset % 64 == 0 and offset - H + size <= capacity
+            for start, end in used:
+                assert offset - H + size <= start or end <= offset - H, \
+                    "overlaps a borrowed region"
             data = rng.randbytes(operation)
             view[:] = data
-            written = start + size
-            outstanding.append((start, written, offset, data))
-        for start, end, offset, data in outstanding:
-            assert bytes(parent.view(offset, len(data))) == data
+            borrowed.append((offset, size, data, np.frombuffer(
+                parent.borrow(offset, operation), np.uint8)))
+        assert all(bytes(array) == data for _, _, data, array in borrowed)
     finally:
+        borrowed.clear()
         child.close()
         parent.close()
 
