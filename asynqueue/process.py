@@ -29,7 +29,7 @@ from .childprocess import (
     Call, ChildProcess, RemoteIterator, childEnvironment, exitText)
 from .interfaces import IWorker
 from .iteration import Deferator
-from .shm import CallArena
+from .shm import CallArena, sweepOrphans
 from .workers import iterationResult, popWorkerOptions
 
 __all__ = ["ProcessQueue", "ProcessWorker", "ProcessUniverse", "ProcessBase"]
@@ -93,6 +93,7 @@ class ProcessWorker:
         self.python = python or sys.executable
         self.env = childEnvironment(env)
         self.callTimes = deque(maxlen=MAX_STATS) if callStats else None
+        sweepOrphans()
         self.arena = CallArena()
         self.children = []
         self._requestIDs = count(1)
@@ -383,6 +384,7 @@ class ProcessWorker:
             child.finish()
         if not self.children and not self._dStopped.called:
             self.arena.close()
+            sweepOrphans()
             while self._readyWaiters:
                 self._readyWaiters.popleft().callback(None)
             self._dStopped.callback(None)

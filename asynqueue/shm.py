@@ -25,11 +25,13 @@ from ._speedups import framing
 
 __all__ = [
     "Segment", "CallArena", "ArenaReader", "ReplyArena", "ReplyArenaWriter",
-    "SharedArray", "borrow",
+    "SharedArray", "borrow", "sweepOrphans",
 ]
 
 #: Every segment name starts with this (``/dev/shm/aq-*`` on Linux).
 NAME_PREFIX = "/aq-"
+#: Where Linux lists shared memory segments.
+SHM_DIRECTORY = "/dev/shm"
 #: Offsets of allocated regions are multiples of this many bytes.
 ALIGNMENT = 64
 #: A CallArena grows by segments of a whole number of these bytes.
@@ -61,6 +63,74 @@ def _unlinkName(name, creatorPID):
             _posixshmem.shm_unlink(name)
         except FileNotFoundError:
             pass
+
+
+def _base36(number):
+    digits = ""
+    while True:
+        number, digit = divmod(number, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[digit] + digits
+        if not number:
+            return digits
+
+
+def _pidNamespace():
+    """This process's PID namespace, in base 36 ("0" if unknown): pids in
+    segment names mean something only within it."""
+    try:
+        return _base36(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return "0"
+
+
+_NAMESPACE = _pidNamespace()
+
+
+def _newName():
+    """A fresh segment name that says who created it: ``/aq-`` + PID
+    namespace + pid + random, within macOS's 31 characters."""
+    return "{}{}-{}-{}".format(NAME_PREFIX, _NAMESPACE, _base36(os.getpid()),
+                               secrets.token_hex(4))
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def sweepOrphans():
+    """
+    Unlink every segment whose creator, a process of this PID namespace,
+    has died without freeing it (killed by SIGKILL, say): process workers
+    call this as they start and stop, so that no crash leaves memory
+    behind for long. Returns the names unlinked.
+    """
+    try:
+        entries = os.listdir(SHM_DIRECTORY)
+    except OSError:
+        return []
+    swept = []
+    for entry in entries:
+        parts = entry.split("-")
+        if len(parts) != 4 or parts[0] != NAME_PREFIX[1:-1] or \
+                parts[1] != _NAMESPACE:
+            continue
+        try:
+            pid = int(parts[2], 36)
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            try:
+                _posixshmem.shm_unlink("/" + entry)
+            except OSError:
+                continue
+            swept.append("/" + entry)
+    return swept
 
 
 # ---------------------------------------------------------------------------
@@ -95,7 +165,7 @@ class Segment:
         process; it is unlinked by ``unlink`` or at the latest at exit."""
         size = _checkPositive("size", size)
         while True:
-            name = NAME_PREFIX + secrets.token_hex(8)
+            name = _newName()
             try:
                 descriptor = _posixshmem.shm_open(
                     name, os.O_CREAT | os.O_EXCL | os.O_RDWR, mode=0o600)

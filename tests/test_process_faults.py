@@ -19,7 +19,8 @@ from asynqueue.process import ProcessWorker
 
 import procfuncs
 from proccase import (
-    DEADLINE, ProcessTestCase, childPIDs, collect, isRunning, waitUntil)
+    DEADLINE, ProcessTestCase, childPIDs, collect, isRunning, shmExists,
+    waitUntil)
 
 
 class FaultTestCase(ProcessTestCase):
@@ -302,14 +303,17 @@ class TestLifecycle(FaultTestCase):
 
     def test_childrenDieWithTheirParent(self):
         """A parent killed with SIGKILL while its workers are busy: every
-        child ends, within a bounded wait."""
+        child ends, within a bounded wait, and the next process queue
+        started frees the shared memory the parent left."""
         script = textwrap.dedent("""
             import sys
             from twisted.internet import reactor
+            from asynqueue import SharedArray
             from asynqueue.process import ProcessQueue
             import procfuncs
 
             q = ProcessQueue(2)
+            print(SharedArray(1000).segment.name, flush=True)
             for worker in q.workers():
                 print(worker.process.pid, flush=True)
             for _ in range(4):
@@ -322,6 +326,7 @@ class TestLifecycle(FaultTestCase):
             bufsize=0,
             env=dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
         try:
+            name = self.readLine(parent.stdout).decode().strip()
             pids = [int(self.readLine(parent.stdout)) for _ in range(2)]
             self.waitFor(lambda: os.path.exists(marker), "a call to run")
         finally:
@@ -330,6 +335,9 @@ class TestLifecycle(FaultTestCase):
             parent.stdout.close()
         self.waitFor(lambda: not any(isRunning(pid) for pid in pids),
                      "the children of a dead parent to end")
+        self.assertTrue(shmExists(name))
+        self.makeQueue()
+        self.assertFalse(shmExists(name))
 
     def readLine(self, stream):
         ready, _, _ = select.select([stream], [], [], DEADLINE)

@@ -13,6 +13,7 @@ import sys
 import textwrap
 import threading
 
+import _posixshmem
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -158,6 +159,51 @@ class TestSegment:
             print('numpy' in sys.modules)
         """)
         assert out == b"False\n"
+
+
+class TestSweepOrphans:
+
+    def test_names_say_who_made_them(self):
+        segment = Segment.create(64)
+        try:
+            prefix, namespace, pid, token = segment.name.split("-")
+            assert prefix == "/aq" and int(pid, 36) == os.getpid()
+            assert namespace == shm._NAMESPACE and len(token) == 8
+        finally:
+            segment.unlink()
+            segment.close()
+
+    def test_dead_creators_segments_are_swept(self):
+        out = runChild("""
+            import os
+            from asynqueue.shm import Segment, SharedArray
+            kept = Segment.create(64), SharedArray(10)
+            print(kept[0].name, kept[1].segment.name, flush=True)
+            os._exit(0)
+        """)
+        names = out.decode().split()
+        assert len(names) == 2 and all(n[1:] in ourEntries() for n in names)
+        assert sorted(set(shm.sweepOrphans()) & set(names)) == sorted(names)
+        assert not any(n[1:] in ourEntries() for n in names)
+
+    def test_live_and_foreign_segments_stay(self):
+        ours = Segment.create(64)
+        dead = subprocess.run([sys.executable, "-c", "import os; "
+                               "print(os.getpid())"], capture_output=True)
+        deadPID = shm._base36(int(dead.stdout))
+        foreign = ["/aq-{}-{}-0badf00d".format(namespace, deadPID)
+                   for namespace in (shm._NAMESPACE + "x", "")]
+        for name in foreign:
+            os.close(_posixshmem.shm_open(name, os.O_CREAT | os.O_RDWR, 0o600))
+        try:
+            shm.sweepOrphans()
+            assert ours.name[1:] in ourEntries()
+            assert all(name[1:] in ourEntries() for name in foreign)
+        finally:
+            for name in foreign:
+                _posixshmem.shm_unlink(name)
+            ours.unlink()
+            ours.close()
 
 
 # ---------------------------------------------------------------------------
