@@ -15,7 +15,7 @@ import time
 from itertools import count
 
 from ._speedups import framing
-from .shm import ArenaReader, ReplyArenaWriter, regionSize
+from .arena import ArenaReader, ReplyArenaWriter, regionSize
 
 __all__ = ["ProcessUniverse", "cloudDumps", "dumpsAnything", "errorText"]
 

@@ -18,7 +18,7 @@ from ._speedups import framing
 from .child import cloudDumps, dumpsAnything
 from .iteration import BatchFetcher
 from .pipes import Channel
-from .shm import ReplyArena
+from .arena import ReplyArena
 
 __all__ = ["ChildProcess", "RemoteIterator", "Call", "childEnvironment",
            "exitText", "replyBatch"]

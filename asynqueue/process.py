@@ -29,7 +29,8 @@ from .childprocess import (
     Call, ChildProcess, RemoteIterator, childEnvironment, exitText)
 from .interfaces import IWorker
 from .iteration import Deferator
-from .shm import CallArena, sweepOrphans
+from .arena import CallArena
+from .shm import sweepOrphans
 from .workers import iterationResult, popWorkerOptions
 
 __all__ = ["ProcessQueue", "ProcessWorker", "ProcessUniverse", "ProcessBase"]
