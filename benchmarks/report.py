@@ -68,6 +68,14 @@ def timeText(seconds):
     return "{:.3g} ns".format(seconds * 1e9)
 
 
+def details(info):
+    """What a benchmark noted besides its time (one call's round trip)."""
+    if "median_us" in info:
+        return "one call: {:.0f} µs median, {:.0f} µs p90".format(
+            info["median_us"], info["p90_us"])
+    return ""
+
+
 def tables(groups):
     """Markdown lines: one table per group with asynqueue in it."""
     lines = []
@@ -76,23 +84,33 @@ def tables(groups):
         if US not in contenders:
             continue
         ours = contenders[US][0]
+        noted = any(details(info) for _, info in contenders.values())
         lines += ["### " + group, "",
-                  "| contender | median | asynqueue is |", "|---|---|---|"]
-        for name, (median, _) in sorted(
+                  "| contender | median | asynqueue is |" +
+                  (" details |" if noted else ""),
+                  "|---|---|---|" + ("---|" if noted else "")]
+        for name, (median, info) in sorted(
                 contenders.items(), key=lambda item: item[1][0]):
             ratio = "" if name == US else "{:.2f}x faster".format(
                 median / ours) if median >= ours else "{:.2f}x slower".format(
                     ours / median)
             lines.append("| {} | {} | {} |".format(
                 "**{}**".format(name) if name == US else name,
-                timeText(median), ratio))
+                timeText(median), ratio) +
+                (" {} |".format(details(info)) if noted else ""))
         lines.append("")
     return lines
 
 
 def savePlot(path, lines, **axesOptions):
-    """Save a PNG of ``lines``, each ``(points, plot keywords)``."""
-    import matplotlib
+    """Save a PNG of ``lines``, each ``(points, plot keywords)``; False
+    where matplotlib is not installed (it comes with the bench extra)."""
+    try:
+        import matplotlib
+    except ImportError:
+        print("no plots: matplotlib is not installed "
+              "(pip install -e '.[bench]')", file=sys.stderr)
+        return False
     matplotlib.use("Agg")
     from matplotlib import pyplot
     figure, axes = pyplot.subplots(figsize=(6, 4))
@@ -103,6 +121,7 @@ def savePlot(path, lines, **axesOptions):
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     pyplot.close(figure)
+    return True
 
 
 def plotArrays(groups, path):
@@ -120,10 +139,10 @@ def plotArrays(groups, path):
         return False
     lines = [(sorted(points), {"marker": "o", "label": name})
              for name, points in sorted(series.items())]
-    savePlot(path, lines, xscale="log", yscale="log",
-             xlabel="float64 array size (MB)", ylabel="MiB/s, in and out",
-             title="Arrays to a worker and back, 2 workers")
-    return True
+    return savePlot(path, lines, xscale="log", yscale="log",
+                    xlabel="float64 array size (MB)",
+                    ylabel="MiB/s, in and out",
+                    title="Arrays to a worker and back, 2 workers")
 
 
 def plotWorkers(groups, path):
@@ -137,13 +156,13 @@ def plotWorkers(groups, path):
         points.append((workers, contenders["1 worker"][0] / median))
     points.sort()
     top = points[-1][0]
-    savePlot(path, [(points, {"marker": "o", "label": "mcm"}),
-                    ([(1, 1), (top, top)], {"linestyle": "--",
-                                            "color": "grey",
-                                            "label": "linear"})],
-             xlabel="worker processes", ylabel="speedup over 1 worker",
-             title="mcm 2000x1600 -N 2000")
-    return True
+    return savePlot(path, [(points, {"marker": "o", "label": "mcm"}),
+                           ([(1, 1), (top, top)], {"linestyle": "--",
+                                                   "color": "grey",
+                                                   "label": "linear"})],
+                    xlabel="worker processes",
+                    ylabel="speedup over 1 worker",
+                    title="mcm 2000x1600 -N 2000")
 
 
 def report(data, command, directory=DOCS):
