@@ -7,6 +7,7 @@ setting a byte in the region's header, so that a buffer is copied once
 each way and never out again.
 """
 import bisect
+import os
 import weakref
 
 from ._speedups import framing
@@ -96,8 +97,11 @@ class _Regions:
         return len(self._lent)
 
 
-def _giveBack(flag):
-    flag[0] = 1
+def _giveBack(flag, borrowerPID):
+    """Tell the lender that a region is free, unless this is a forked copy
+    of the borrower (the borrower itself may still use the region)."""
+    if os.getpid() == borrowerPID:
+        flag[0] = 1
 
 
 def borrow(area, offset, length):
@@ -120,7 +124,7 @@ def borrow(area, offset, length):
         flag[0] = 1
         return copy
     lease = numpy.frombuffer(area[offset:offset + length], numpy.uint8)
-    weakref.finalize(lease, _giveBack, flag).atexit = False
+    weakref.finalize(lease, _giveBack, flag, os.getpid()).atexit = False
     return memoryview(lease)
 
 

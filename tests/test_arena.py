@@ -4,6 +4,8 @@ arena (with a fuzz test against a model) and borrowing regions in place,
 given back when the last array made from them is gone.
 """
 import gc
+import mmap
+import os
 import pickle
 import threading
 
@@ -331,3 +333,20 @@ def test_reply_arena_fuzz(capacity, operations, rng):
         borrowed.clear()
         child.close()
         parent.close()
+
+
+def test_a_forked_copy_does_not_give_back():
+    """A fork of the borrower that drops its copy of an array leaves the
+    region lent: the borrower itself still has it."""
+    area = memoryview(mmap.mmap(-1, 2 * H))     # shared with the fork
+    borrowed = np.frombuffer(arena.borrow(area, H, 16), np.uint8)
+    pid = os.fork()
+    if pid == 0:
+        del borrowed
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert area[0] == 0
+    del borrowed
+    gc.collect()
+    assert area[0] == 1
