@@ -14,6 +14,7 @@ import time
 import uuid
 import weakref
 from collections import deque
+from itertools import count
 
 from twisted.internet import defer, reactor
 from twisted.python import log
@@ -37,6 +38,25 @@ CAPACITY_REFRESH = 1.0
 CLOSE_TIMEOUT = 10.0
 #: The name of each persistent update's worker plugin starts with this.
 PLUGIN_PREFIX = "asynqueue-update-"
+#: By default, the calls waiting on the cluster per worker thread, at
+#: most: enough that a thread finds the next short call there instead of
+#: waiting for the round trip to the queue and back...
+BACKLOG_CALLS = 16
+#: ...and about as many seconds of work per thread, at most, by how long
+#: calls have taken so far: calls that take a while wait in the queue, where
+#: its order and their timeouts are exact (see ``DaskWorker.backlog``).
+BACKLOG_SECONDS = 0.05
+#: How fast that estimate of a call's seconds follows new calls.
+SECONDS_WEIGHT = 0.25
+#: Waiting calls go to the cluster once 1/REFILL_DIVISOR of the slots is
+#: free, so that each hop to the loop thread and each graph sent to the
+#: scheduler carries several calls while the cluster stays busy.
+REFILL_DIVISOR = 4
+#: Results are fetched once the finished calls number 1/FETCH_DIVISOR of
+#: those still running, or none is left running, or the first of them has
+#: waited FETCH_DELAY seconds: one request brings many results.
+FETCH_DIVISOR = 4
+FETCH_DELAY = 0.01
 
 
 def _importDistributed():
@@ -51,6 +71,19 @@ def _importDistributed():
             "DaskWorker needs dask.distributed ({}); install it with "
             "pip install 'asynqueue[dask]'".format(error)) from error
     return distributed, daskside
+
+
+def _graphMakers():
+    """``(Task, parseInput, LLGExpr)``: what ``Client.submit`` builds its
+    one-task graph with, which lets a batch of calls go to the scheduler as
+    one graph; None with a Dask too old to have them (each call then goes
+    by itself, through ``Client.submit``)."""
+    try:
+        from dask._expr import LLGExpr
+        from dask._task_spec import Task, parse_input
+    except ImportError:
+        return None
+    return Task, parse_input, LLGExpr
 
 
 class _Call(Call):
@@ -76,17 +109,28 @@ class DaskWorker(SlotsWorker):
     own, on an event loop in a thread of its own, so that the reactor never
     waits; a Client given to it is left as it is (and never closed).
 
-    Up to ``capacity`` calls run on the cluster at once; by default as many
-    as the cluster has worker threads (followed as workers come and go).
-    Each call goes to Dask with the priority the queue gave it, so the
-    queue's order holds on the cluster too. A call that raises comes back
-    as an error (status ``e``) with the remote traceback; an iterator comes
-    back as a Deferator fetching ``iterationBatch`` items per round trip
-    (``raw=True``: as it is, if it pickles). ``timeout`` and cancelling a
-    call's Deferred cancel its Dask future (Dask cannot interrupt a running
-    thread: the call finishes there, and its result is dropped). If the
-    connection to the scheduler is lost, the calls on the cluster are handed
-    back to the queue (status ``d``, retried once) and the worker resigns.
+    Up to ``capacity`` calls are on the cluster at once. By default, one
+    per worker thread of the cluster (followed as workers come and go) plus
+    a small backlog per thread (``backlog``): as many calls as take about
+    50 ms there, by how long calls have taken so far, and 16 at most. Why:
+    a call of a few milliseconds takes longer to travel from the queue to
+    the scheduler and back than to run, and with no backlog each thread
+    would idle through that round trip between two calls. Calls of 50 ms
+    or more get no backlog. Either way the queue's priority order decides
+    what goes next: each call goes to Dask with the priority the queue gave
+    it, so Dask runs what waits on the cluster in that order too, and what
+    waits there is at most about 50 ms of work per thread (time that counts
+    towards those calls' timeouts). Calls go to the scheduler in batches,
+    one graph each, and their results come back in batches too.
+
+    A call that raises comes back as an error (status ``e``) with the
+    remote traceback; an iterator comes back as a Deferator fetching
+    ``iterationBatch`` items per round trip (``raw=True``: as it is, if it
+    pickles). ``timeout`` and cancelling a call's Deferred cancel its Dask
+    future (Dask cannot interrupt a running thread: the call finishes
+    there, and its result is dropped). If the connection to the scheduler
+    is lost, the calls on the cluster are handed back to the queue (status
+    ``d``, retried once) and the worker resigns.
 
     Updates (``TaskQueue.update``) run on every Dask worker (``Client.run``)
     and, unless ephemeral, on each worker that joins later (a worker
@@ -118,6 +162,11 @@ class DaskWorker(SlotsWorker):
         self.client = None
         self._initSlots()
         self._clusterThreads = None
+        #: About how many seconds a call takes on the cluster (a moving
+        #: average; set on the loop thread, read here).
+        self._callSeconds = None
+        #: Whether ``_flush`` is due at the end of this reactor turn.
+        self._flushing = False
         #: (call, statusResult) of calls done on the loop thread, for the
         #: reactor (appended there, popped here).
         self._outcomes = deque()
@@ -131,6 +180,21 @@ class DaskWorker(SlotsWorker):
         # Owned by the loop thread from here on.
         self._plugins = []
         self._refreshed = 0.0
+        self._graphs = _graphMakers()
+        #: Dask keys are my prefix and a serial number: unique without a
+        #: uuid (an os.urandom call) for each call.
+        self._keyPrefix = uuid.uuid4().hex
+        self._serials = count(1)
+        #: Calls whose Dask future is done, gathered together once the
+        #: loop is through with what woke it.
+        self._done = []
+        #: Finished calls whose results are to be fetched, and whether a
+        #: request for results is on its way.
+        self._ready = []
+        self._fetching = False
+        self._fetchTimer = None
+        #: Calls on the cluster that have not finished yet.
+        self._running = 0
         self._loop = asyncio.new_event_loop()
         self._connection = self._loop.create_future()
         self._thread = threading.Thread(
@@ -276,8 +340,28 @@ class DaskWorker(SlotsWorker):
     @property
     def slots(self):
         """How many calls I keep on the cluster at once: ``capacity``, or
-        the cluster's worker threads (at least 1)."""
-        return self.capacity or max(1, self._clusterThreads or 1)
+        one per worker thread of the cluster plus a backlog per thread
+        (``backlog``)."""
+        if self.capacity:
+            return self.capacity
+        return self._threads * (1 + self.backlog)
+
+    @property
+    def _threads(self):
+        """The cluster's worker threads (at least 1)."""
+        return max(1, self._clusterThreads or 1)
+
+    @property
+    def backlog(self):
+        """Calls waiting on the cluster per worker thread, by default:
+        about ``BACKLOG_SECONDS`` of work by how long calls have taken so
+        far, up to ``BACKLOG_CALLS`` (none until a call has come back)."""
+        seconds = self._callSeconds
+        if seconds is None:
+            return 0
+        if seconds * BACKLOG_CALLS <= BACKLOG_SECONDS:
+            return BACKLOG_CALLS
+        return int(BACKLOG_SECONDS / seconds)
 
     taskLimit = slots
 
@@ -329,19 +413,36 @@ class DaskWorker(SlotsWorker):
         return self._admit(task)
 
     def _pump(self):
-        """Send waiting calls while slots are free, all in one hop to the
-        loop thread."""
+        """Send waiting calls while slots are free, at the end of this
+        reactor turn: all that can go then, in one hop to the loop
+        thread."""
+        if self._state == "ready" and self._waiting and not self._flushing:
+            self._flushing = True
+            reactor.callLater(0, self._flush)
+
+    def _flush(self):
+        """Send the waiting calls that fit, unless the cluster is busy and
+        fewer than 1/REFILL_DIVISOR of the slots are free (then wait, to
+        send more at once)."""
+        self._flushing = False
         if self._state != "ready" or not self._waiting:
             return
         if self.client.status != "running":
             return self._lost("the client is {}".format(self.client.status))
+        slots, held = self.slots, len(self._inFlight)
+        room = slots - held
+        if room <= 0 or room < slots // REFILL_DIVISOR and \
+                held >= self._threads:
+            return
         calls = []
-        while self._waiting and len(self._inFlight) < self.slots:
+        while self._waiting and len(calls) < room:
             call = self._waiting.popleft()
             self._inFlight.append(call)
             calls.append(call)
-        if calls:
+        try:
             self._loop.call_soon_threadsafe(self._submitAll, calls)
+        except RuntimeError:
+            pass
 
     def _progress(self):
         """Something finished or the limit changed: send what can go, let
@@ -353,40 +454,178 @@ class DaskWorker(SlotsWorker):
     # --- Calls on the loop thread ----------------------------------------
 
     def _submitAll(self, calls):
-        for call in calls:
-            if not call.abandoned:
-                asyncio.ensure_future(self._execute(call))
-
-    async def _execute(self, call):
-        """Submit a call, wait for its outcome, and hand that to the
-        reactor."""
-        if call.abandoned:
+        """Send a batch of calls to the scheduler, as one graph if it can
+        go as one (else call by call), and watch their futures."""
+        calls = [call for call in calls if not call.abandoned]
+        if not calls:
             return
+        futures = None
+        if self._graphs is not None:
+            try:
+                futures = self._submitGraph(calls)
+            except Exception:
+                # Say, an argument that cannot be serialized: one by one,
+                # so that only its own call fails.
+                futures = None
+        for i, call in enumerate(calls):
+            if futures is not None:
+                call.future = futures[i]
+            else:
+                try:
+                    call.future = self._submitOne(call)
+                except Exception as error:
+                    self._failed(call, error)
+                    continue
+            self._running += 1
+            self._loop.create_task(self._watch(call))
+
+    def _key(self, f):
+        """A new Dask key, named after the function called."""
+        name = getattr(f, "__name__", None) or type(f).__name__
+        return "{}-{}-{}".format(name, self._keyPrefix, next(self._serials))
+
+    def _submitOne(self, call):
         f, args, kw = call.task.callTuple
-        lost = False
-        try:
-            call.future = self.client.submit(
-                self._daskside.runTask, f, args, kw, call.raw,
-                self.iterationBatch, key=_key(f), pure=False,
-                priority=-call.priority)
-            statusResult = await self.client.gather(call.future)
-        except Exception as error:
-            lost = self.client.status != "running" or getattr(
-                error, "reason", None) == "scheduler-connection-lost"
-            statusResult = (b'd' if lost else b'e', self._errorText(
-                call, error))
-        finally:
-            call.future = None
-        if lost:
-            reactor.callFromThread(self._lost, statusResult[1])
-        else:
-            self._outcomes.append((call, statusResult))
-            if len(self._outcomes) == 1:
-                reactor.callFromThread(self._deliverOutcomes)
+        return self.client.submit(
+            self._daskside.runTask, f, args, kw, call.raw,
+            self.iterationBatch, key=self._key(f), pure=False,
+            priority=-call.priority)
+
+    def _submitGraph(self, calls):
+        """Submit calls as one graph: one message to the scheduler and one
+        graph update there for all of them (``Client.submit`` makes one of
+        each per call). Each task keeps its own priority (a callable
+        priority is applied key by key); the Dask futures, in order."""
+        Task, parseInput, LLGExpr = self._graphs
+        runTask, batch = self._daskside.runTask, self.iterationBatch
+        graph, keys, priorities = {}, [], {}
+        for call in calls:
+            f, args, kw = call.task.callTuple
+            key = self._key(f)
+            graph[key] = Task(key, runTask, parseInput(f), parseInput(args),
+                              parseInput(kw), call.raw, batch)
+            keys.append(key)
+            priorities[key] = -call.priority
+        # A token of our own, as Client.submit does: the default one would
+        # hash every argument.
+        expr = LLGExpr(graph, _determ_token=self._key(LLGExpr))
+        return self.client.get(
+            expr, keys, sync=False, priority=priorities.get,
+            fifo_timeout="100 ms")
+
+    async def _watch(self, call):
+        """Wait for a call's future to finish, then have it collected."""
+        await call.future._state.wait()
+        self._done.append(call)
+        if len(self._done) == 1:
+            self._loop.call_soon(self._collect)
+
+    def _collect(self):
+        """See to the calls finished since the last time: the results of
+        those that ran go to be fetched, the others (errors, most likely)
+        are seen to one by one."""
+        calls, self._done = self._done, []
+        self._running -= len(calls)
+        for call in calls:
+            if call.abandoned:
+                call.future = None
+            elif call.future.status == "finished":
+                self._ready.append(call)
+            else:
+                self._loop.create_task(self._fetchOne(call))
+        self._maybeFetch()
         if self.capacity is None and \
                 time.monotonic() - self._refreshed > CAPACITY_REFRESH:
             self._refreshed = time.monotonic()
-            await self._refreshCapacity()
+            self._loop.create_task(self._refreshCapacity())
+
+    def _maybeFetch(self, now=False):
+        """Fetch the finished calls' results, one request at a time, once
+        enough of them are waiting (or nothing else runs, or the first
+        waited ``FETCH_DELAY``): a busy cluster costs few requests."""
+        if self._fetching or not self._ready:
+            return
+        if now or self._running <= 0 or \
+                len(self._ready) * FETCH_DIVISOR >= self._running:
+            if self._fetchTimer is not None:
+                self._fetchTimer.cancel()
+                self._fetchTimer = None
+            self._fetching = True
+            self._loop.create_task(self._fetchAll())
+        elif self._fetchTimer is None:
+            self._fetchTimer = self._loop.call_later(
+                FETCH_DELAY, self._fetchLate)
+
+    def _fetchLate(self):
+        self._fetchTimer = None
+        self._maybeFetch(now=True)
+
+    async def _fetchAll(self):
+        """Fetch the results of finished calls and report them."""
+        calls, self._ready = self._ready, []
+        try:
+            results = await self.client.gather(
+                {i: call.future for i, call in enumerate(calls)},
+                errors="skip")
+        except Exception:
+            # A result that cannot be fetched, or the connection gone:
+            # each call finds out for itself.
+            results = {}
+        finally:
+            self._fetching = False
+        reports = []
+        for i, call in enumerate(calls):
+            statusResult = results.get(i)
+            if statusResult is None:
+                self._loop.create_task(self._fetchOne(call))
+            else:
+                call.future = None
+                reports.append((call, self._ran(statusResult)))
+        self._report(*reports)
+        self._maybeFetch()
+
+    async def _fetchOne(self, call):
+        """Fetch the outcome of one call (an error, most likely) and
+        report it."""
+        try:
+            statusResult = await self.client.gather(call.future)
+        except Exception as error:
+            return self._failed(call, error)
+        finally:
+            call.future = None
+        self._report((call, self._ran(statusResult)))
+
+    def _ran(self, reply):
+        """The ``(status, result)`` of a ``runTask`` reply; its seconds
+        go into the estimate of how long calls take."""
+        if len(reply) == 3:
+            estimate, seconds = self._callSeconds, reply[2]
+            self._callSeconds = seconds if estimate is None else \
+                estimate + SECONDS_WEIGHT * (seconds - estimate)
+        return reply[0], reply[1]
+
+    def _failed(self, call, error):
+        """Dask could not run or finish a call: an error, or the scheduler
+        is lost."""
+        lost = self.client.status != "running" or getattr(
+            error, "reason", None) == "scheduler-connection-lost"
+        text = self._errorText(call, error)
+        if lost:
+            reactor.callFromThread(self._lost, text)
+        else:
+            self._report((call, (b'e', text)))
+
+    def _report(self, *outcomes):
+        """Hand ``(call, statusResult)`` outcomes to the reactor: one hop
+        for all those that gather before it looks."""
+        hop = False
+        for outcome in outcomes:
+            self._outcomes.append(outcome)
+            # Length 1: the reactor has taken all the others (or is
+            # taking them), and may miss this one.
+            hop = hop or len(self._outcomes) == 1
+        if hop:
+            reactor.callFromThread(self._deliverOutcomes)
 
     def _errorText(self, call, error):
         """What to say of a call that Dask could not run or finish."""
@@ -622,12 +861,6 @@ class RemoteIterator(BatchFetcher):
             self.items.clear()
             self.worker.drop(self)
         return result
-
-
-def _key(f):
-    """A unique Dask key named after the function called."""
-    name = getattr(f, "__name__", None) or type(f).__name__
-    return "{}-{}".format(name, uuid.uuid4().hex)
 
 
 def _exceptionText(error):

@@ -10,6 +10,7 @@ what the calls import.
 import asyncio
 import threading
 from itertools import count
+from time import perf_counter
 
 from distributed import get_worker
 from distributed.diagnostics.plugin import WorkerPlugin
@@ -39,11 +40,18 @@ def _call(f, args, kw):
 def runTask(f, args, kw, raw, batchSize):
     """
     Run one call of a DaskWorker in a Dask worker thread. Returns
-    ``(status, result)``: ``b'r'`` with the result, ``b'e'`` with the text
-    of the exception and its traceback, or ``b'i'`` for an iterator (unless
-    ``raw``) with ``(address, ID, firstItems, moreLeft)``, the iterator
-    held here for ``nextBatch`` while more items are left.
+    ``(status, result, seconds)``: ``b'r'`` with the result, ``b'e'`` with
+    the text of the exception and its traceback, or ``b'i'`` for an
+    iterator (unless ``raw``) with ``(address, ID, firstItems, moreLeft)``,
+    the iterator held here for ``nextBatch`` while more items are left;
+    and the seconds that took (the DaskWorker sizes its backlog by them).
     """
+    started = perf_counter()
+    status, result = _runTask(f, args, kw, raw, batchSize)
+    return status, result, perf_counter() - started
+
+
+def _runTask(f, args, kw, raw, batchSize):
     status, result = _call(f, args, kw)
     if status == b'e' or raw or not isIterator(result):
         return status, result

@@ -51,14 +51,15 @@ def daskQueue(cluster, runReactor, capacity=None):
 
 @pytest.fixture(scope="module")
 def dq(cluster, runReactor):
-    """The default: as many calls on the cluster as it has threads."""
+    """The default: a call per cluster thread and, for short calls like
+    these, a backlog of up to 16 more per thread on the cluster."""
     yield from daskQueue(cluster, runReactor)
 
 
 @pytest.fixture(scope="module")
 def dqDeep(cluster, runReactor):
-    """Tiny calls' setting: 32 calls per cluster thread on the cluster,
-    so that no thread waits for the round trip to the queue."""
+    """An explicit capacity: 32 calls per cluster thread on the cluster,
+    whatever the calls take."""
     yield from daskQueue(cluster, runReactor, capacity=DEEP_CAPACITY)
 
 

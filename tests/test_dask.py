@@ -14,7 +14,7 @@ from multiprocessing import resource_tracker
 
 import numpy as np
 import pytest
-from twisted.internet import defer, threads
+from twisted.internet import defer, reactor, task, threads
 from twisted.internet.defer import CancelledError
 from twisted.trial import unittest
 
@@ -23,6 +23,7 @@ distributed = pytest.importorskip(
     "'asynqueue[dask]'); the DaskWorker tests need a LocalCluster")
 
 import asynqueue  # noqa: E402
+from asynqueue import dask as aqdask  # noqa: E402
 from asynqueue import errors  # noqa: E402
 from asynqueue.base import TaskQueue  # noqa: E402
 from asynqueue.dask import DaskWorker  # noqa: E402
@@ -266,6 +267,111 @@ class TestOrderAndCapacity(DaskTestCase):
             "blocker", "blocker", "urgent", "nice", "normal", "normal too",
             "late"])
 
+    @defer.inlineCallbacks
+    def test_backlogFollowsHowLongCallsTake(self):
+        """By default, once short calls have come back, BACKLOG_CALLS calls
+        per cluster thread wait on the cluster besides those running;
+        once calls take longer than BACKLOG_SECONDS, none does."""
+        q, worker = yield self.makeQueue()
+        self.assertEqual((worker.backlog, worker.taskLimit), (0, 2))
+        yield defer.gatherResults([q.call(daskfuncs.inc, x)
+                                   for x in range(4)])
+        self.assertEqual(worker.backlog, aqdask.BACKLOG_CALLS)
+        self.assertEqual(worker.taskLimit, 2 * (1 + aqdask.BACKLOG_CALLS))
+        blockers = [q.call(daskfuncs.ranFor, 0.5, "blocker")
+                    for _ in range(2)]
+        yield waitUntil(lambda: busyThreads() == 2, "the blockers to run")
+        dList = [q.call(daskfuncs.pid) for _ in range(20)]
+        yield waitUntil(lambda: len(knownKeys("pid-")) == 20,
+                        "all 20 calls on the cluster, behind the blockers")
+        yield defer.gatherResults(blockers + dList)
+        yield defer.gatherResults([q.call(daskfuncs.ranFor, 0.2)
+                                   for _ in range(4)])
+        self.assertEqual((worker.backlog, worker.taskLimit), (0, 2))
+
+    @defer.inlineCallbacks
+    def test_prioritiesHoldOnTheCluster(self):
+        """Calls waiting on the cluster run in the queue's order, each with
+        its own priority, whether they were sent together (one graph) or
+        one after another: behind two blockers, calls sent against that
+        order run in it on each Dask worker."""
+        q, worker = yield self.makeQueue(capacity=16)
+        priorities = {}
+        run = worker.run
+
+        def recordingRun(queued):
+            priorities[queued.callTuple[1][1]] = queued.priority
+            return run(queued)
+        worker.run = recordingRun
+        dList = [q.call(daskfuncs.ranFor, 0.8, "blocker{}".format(n))
+                 for n in range(2)]
+        yield waitUntil(lambda: busyThreads() == 2, "the blockers to run")
+        # Each Dask worker may take one call beyond the one it runs, the
+        # first that comes: two that would go first anyway.
+        dList += [q.call(daskfuncs.ranFor, 0, "first{}".format(n),
+                         doNext=True) for n in range(2)]
+        for label, niceness in (("late", 15), ("normal", 0), ("nice", -5)):
+            yield task.deferLater(reactor, 0.05, lambda: None)
+            dList.append(q.call(daskfuncs.ranFor, 0, label,
+                                niceness=niceness))
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        dList += [q.call(daskfuncs.ranFor, 0, label, niceness=niceness)
+                  for label, niceness in (("later", 12), ("nicer", -10))]
+        runs = yield defer.gatherResults(dList)
+        runs.sort(key=lambda labelPidStartEnd: labelPidStartEnd[2])
+        for pid in {pid for _, pid, _, _ in runs}:
+            labels = [label for label, where, _, _ in runs
+                      if where == pid and not label.startswith("blocker")]
+            self.assertEqual(labels, sorted(labels, key=priorities.get))
+
+    @defer.inlineCallbacks
+    def test_callsGoToTheClusterInBatches(self):
+        """A burst of calls goes to the loop thread, and to the scheduler
+        as one graph, a batch at a time: all the slots at first, then a
+        quarter of them or more each time."""
+        q, worker = yield self.makeQueue()
+        yield q.call(daskfuncs.inc, 0)
+        batches = []
+        submitAll = worker._submitAll
+
+        def recordingSubmitAll(calls):
+            batches.append(len(calls))
+            return submitAll(calls)
+        worker._submitAll = recordingSubmitAll
+        results = yield defer.gatherResults(
+            [q.call(daskfuncs.inc, x) for x in range(200)])
+        self.assertEqual(results, list(range(1, 201)))
+        self.assertEqual(sum(batches), 200)
+        self.assertEqual(batches[0], worker.taskLimit)
+        self.assertGreaterEqual(min(batches[:-1]), worker.taskLimit // 4)
+
+    @defer.inlineCallbacks
+    def test_shortCallComesBackWhileOthersRun(self):
+        """Results are fetched several at a time, but a call that finishes
+        among calls that take long comes back at once (FETCH_DELAY)."""
+        q, worker = yield self.makeQueue(capacity=16)
+        started = time.monotonic()
+        first = q.call(daskfuncs.ranFor, 1.0)
+        short = q.call(daskfuncs.ranFor, 0)
+        others = [q.call(daskfuncs.ranFor, 1.0) for _ in range(4)]
+        yield short
+        self.assertLess(time.monotonic() - started, 0.6)
+        yield defer.gatherResults([first] + others)
+
+    @defer.inlineCallbacks
+    def test_callByCallWithoutTaskSpec(self):
+        """With a Dask older than its task spec, calls go one by one
+        (Client.submit), with the same outcomes."""
+        q, worker = yield self.makeQueue(capacity=8)
+        worker._graphs = None
+        results = yield defer.gatherResults(
+            [q.call(daskfuncs.inc, x) for x in range(20)])
+        self.assertEqual(results, list(range(1, 21)))
+        scattered = yield worker.scatter(np.ones(10))
+        self.assertEqual((yield q.call(daskfuncs.total, scattered)), 10.0)
+        yield self.assertFailure(q.call(daskfuncs.fail, "no"),
+                                 errors.WorkerError)
+
 
 class TestErrors(DaskTestCase):
 
@@ -301,6 +407,17 @@ class TestErrors(DaskTestCase):
         d = q.call(daskfuncs.inc, threading.Lock())
         yield self.assertFailure(d, errors.WorkerError)
         self.assertEqual((yield q.call(daskfuncs.inc, 1)), 2)
+
+    @defer.inlineCallbacks
+    def test_badArgumentFailsOnlyItsOwnCall(self):
+        """Of calls sent together, one that cannot be sent fails alone."""
+        q, worker = yield self.makeQueue(capacity=8)
+        outcomes = yield defer.DeferredList(
+            [q.call(daskfuncs.inc, 1), q.call(daskfuncs.inc, threading.Lock()),
+             q.call(daskfuncs.inc, 2)], consumeErrors=True)
+        self.assertEqual([outcome for _, outcome in outcomes[::2]], [2, 3])
+        self.assertFalse(outcomes[1][0])
+        outcomes[1][1].trap(errors.WorkerError)
 
 
 class TestIteration(DaskTestCase):
