@@ -41,7 +41,7 @@ PLUGIN_PREFIX = "asynqueue-update-"
 #: By default, the calls waiting on the cluster per worker thread, at
 #: most: enough that a thread finds the next short call there instead of
 #: waiting for the round trip to the queue and back...
-BACKLOG_CALLS = 16
+BACKLOG_CALLS = 32
 #: ...and about as many seconds of work per thread, at most, by how long
 #: calls have taken so far: calls that take a while wait in the queue, where
 #: its order and their timeouts are exact (see ``DaskWorker.backlog``).
@@ -112,7 +112,7 @@ class DaskWorker(SlotsWorker):
     Up to ``capacity`` calls are on the cluster at once. By default, one
     per worker thread of the cluster (followed as workers come and go) plus
     a small backlog per thread (``backlog``): as many calls as take about
-    50 ms there, by how long calls have taken so far, and 16 at most. Why:
+    50 ms there, by how long calls have taken so far, and 32 at most. Why:
     a call of a few milliseconds takes longer to travel from the queue to
     the scheduler and back than to run, and with no backlog each thread
     would idle through that round trip between two calls. Calls of 50 ms
