@@ -250,21 +250,11 @@ class ArenaReader:
 # The reply arena: child (lender) to parent (owner, borrower)
 # ---------------------------------------------------------------------------
 
-class ReplyArena:
-    """
-    The parent's side of a reply arena, a segment it owns and the child
-    fills: the parent borrows each reply buffer in place (see ``borrow``).
-    """
+class _ReplyArenaSide:
+    """A process's mapping of a reply arena."""
 
     def __init__(self, segment):
         self._segment = segment
-
-    @classmethod
-    def create(cls, size):
-        """A new arena of ``size`` bytes (rounded up to a multiple of
-        64)."""
-        return cls(Segment.create(
-            _alignUp(_checkPositive("size", size), ALIGNMENT)))
 
     @property
     def name(self):
@@ -273,6 +263,20 @@ class ReplyArena:
     @property
     def size(self):
         return self._segment.size
+
+
+class ReplyArena(_ReplyArenaSide):
+    """
+    The parent's side of a reply arena, a segment it owns and the child
+    fills: the parent borrows each reply buffer in place (see ``borrow``).
+    """
+
+    @classmethod
+    def create(cls, size):
+        """A new arena of ``size`` bytes (rounded up to a multiple of
+        64)."""
+        return cls(Segment.create(
+            _alignUp(_checkPositive("size", size), ALIGNMENT)))
 
     def borrow(self, offset, length):
         """The reply buffer of ``length`` bytes at ``offset``."""
@@ -286,28 +290,20 @@ class ReplyArena:
             self._segment.close()
 
 
-class ReplyArenaWriter:
+class ReplyArenaWriter(_ReplyArenaSide):
     """
     The child's side of a reply arena: regions for large reply buffers,
     lent to the parent, taken back once it has given them back.
     """
 
     def __init__(self, segment):
-        self._segment = segment
+        _ReplyArenaSide.__init__(self, segment)
         self._regions = _Regions(segment.buffer)
 
     @classmethod
     def attach(cls, name):
         """Attach the arena that the parent created as ``name``."""
         return cls(Segment.attach(name))
-
-    @property
-    def name(self):
-        return self._segment.name
-
-    @property
-    def size(self):
-        return self._segment.size
 
     def allocate(self, nbytes):
         """``(0, offset, view)`` for a region of ``nbytes`` bytes, or None
