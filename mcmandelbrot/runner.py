@@ -79,7 +79,11 @@ class Runner:
         self.verbose = verbose
         self.renders = set()
         self._dShutdown = None
-        self.q = ProcessQueue(workers, callStats=stats, returnFailure=True)
+        # A band takes milliseconds: sent one at a time, it goes to the
+        # first worker free, and no worker is left with a backlog of bands
+        # while another idles at the end of the image.
+        self.q = ProcessQueue(workers, callStats=stats, returnFailure=True,
+                              pipelining=1)
 
     @property
     def N_processes(self):
