@@ -430,8 +430,8 @@ class TaskQueue:
     def newTask(self, func, args, kw, recorded=False):
         """
         Build a Task from a call, taking the queue keywords out of ``kw``;
-        its Deferred gets ``taskDone`` (recorded for copies if
-        ``recorded``).
+        its outcome goes through ``taskDone`` (as its ``doneHook``, or, if
+        ``recorded``, as a callback recorded for copies).
         """
         niceness = kw.pop("niceness", 0)
         series = kw.pop("series", None)
@@ -453,7 +453,7 @@ class TaskQueue:
         if recorded:
             task.addCallback(self._taskDoneHook, task)
         else:
-            task.d.addCallback(self._taskDoneHook, task)
+            task.doneHook = self._taskDoneHook
         return task
 
     def update(self, func, *args, **kw):

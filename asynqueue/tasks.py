@@ -45,6 +45,14 @@ class Task:
     #: The callbacks added through ``addCallback`` (a list once there is
     #: one; most tasks have none, and share this empty tuple).
     callbacks = ()
+    #: What turns a worker's ``(status, result)`` into the caller's result
+    #: before ``d`` fires (the queue's ``taskDone``), or None. Not a
+    #: callback on ``d``: that would be five more objects for the garbage
+    #: collector to scan per waiting task, and bursts of calls keep
+    #: thousands waiting.
+    doneHook = None
+    #: The Deferred of the retry that ``d`` waits for, if any.
+    _waitingFor = None
 
     def __init__(self, f, args, kw, priority, series, timeout=None):
         if not isinstance(args, (tuple, list)):
@@ -78,9 +86,12 @@ class Task:
         return defer.Deferred(self._cancelled)
 
     def _cancelled(self, d):
-        """The canceller of ``d``: let the queue withdraw this task."""
+        """The canceller of ``d``: let the queue withdraw this task, or
+        cancel the retry it waits for."""
         self._cancelTimer()
-        if self.cancelHook is not None:
+        if self._waitingFor is not None:
+            self._waitingFor.cancel()
+        elif self.cancelHook is not None:
             self.cancelHook(self)
 
     def __repr__(self):
@@ -127,16 +138,38 @@ class Task:
         self.d.addCallback(f, *a, **k)
 
     def callback(self, result):
-        """Deliver a worker's ``(status, result)``; ignored if the task was
-        already resolved (timed out or cancelled)."""
+        """
+        Deliver a worker's ``(status, result)``, through ``doneHook`` if
+        the queue set one; ignored if the task was already resolved (timed
+        out, cancelled, or waiting for its retry).
+        """
         self._cancelTimer()
+        if self.d.called or self._waitingFor is not None:
+            return
+        hook = self.doneHook
+        if hook is not None:
+            self.doneHook = None
+            try:
+                result = hook(result, self)
+            except Exception:
+                result = Failure()
+            if isinstance(result, defer.Deferred):
+                self._waitingFor = result
+                result.addBoth(self._retried)
+                return
+        self.d.callback(result)
+
+    def _retried(self, result):
+        """The retry that ``d`` waited for is done: ``d`` fires with its
+        outcome."""
+        self._waitingFor = None
         if not self.d.called:
             self.d.callback(result)
 
     def errback(self, failure):
         """Fail the task, unless it was already resolved."""
         self._cancelTimer()
-        if not self.d.called:
+        if not self.d.called and self._waitingFor is None:
             self.d.errback(failure)
 
     def timedout(self):
@@ -144,9 +177,8 @@ class Task:
         if self._timer is not None:
             self.timeoutCalls.remove(self._timer)
             self._timer = None
-        if not self.d.called:
-            self.d.callback(
-                (b't', "Timeout after {:f} seconds".format(self.timeout)))
+        self.callback(
+            (b't', "Timeout after {:f} seconds".format(self.timeout)))
 
     def reset(self):
         """Give the task a fresh Deferred, and return it."""

@@ -2,12 +2,13 @@
 Tests of asynqueue.base: Priority, LoadInfoProducer, Queue and TaskQueue,
 through the public API (AsyncWorker and scripted workers do the work).
 """
+import gc
 
 from twisted.internet import defer, reactor
 from twisted.internet.defer import CancelledError
 from twisted.trial import unittest
 
-from asynqueue import errors
+from asynqueue import _speedups as speedups, errors
 from asynqueue.base import LoadInfoProducer, Priority, Queue, TaskQueue
 from asynqueue.null import NullQueue
 from asynqueue.workers import AsyncWorker
@@ -400,6 +401,43 @@ class TestRetries(QueueTestCase):
         self.assertNoResult(d)
         q.workers()[1].release(1)
         self.assertEqual((yield d), 9)
+
+    @defer.inlineCallbacks
+    def test_cancelWhileWaitingForRetry(self):
+        """Cancelling a call whose retry is running cancels the retry: the
+        worker is asked to abandon it, and the call fails at once."""
+        worker = ScriptedWorker(script=[(b'd', None)], hold=True)
+        q = self.makeQueue(worker)
+        d = q.call(square, 3)
+        while not worker.held:
+            yield _nextTurn()
+        worker.release(1)
+        while len(worker.ran) < 2:
+            yield _nextTurn()
+        self.assertNoResult(d)
+        d.cancel()
+        yield self.assertFailure(d, CancelledError)
+        self.assertEqual(worker.cancelled, [worker.ran[1]])
+        self.assertEqual(q.tasksBeingRetried, [])
+        self.assertEqual(worker.held, [])
+
+    def test_waitingCallsAreFewObjects(self):
+        """A call waiting in the queue costs the garbage collector a few
+        objects (bursts keep thousands waiting, and every full collection
+        scans them all): its outcome goes through the queue's ``taskDone``
+        without a callback on its Deferred."""
+        q = TaskQueue()
+        self.addCleanup(q.shutdown)
+        gc.collect()
+        before = len(gc.get_objects())
+        waiting = [q.call(square, n) for n in range(1000)]
+        gc.collect()
+        perCall = (len(gc.get_objects()) - before) / len(waiting)
+        # Task, its Deferred and that one's callback list, the call tuple,
+        # the queue's Assignment; and the pure-Python heap's entry tuple.
+        self.assertLessEqual(perCall, 6.5 if speedups.COMPILED else 7.5)
+        for d in waiting:
+            d.addErrback(lambda failure: None)
 
 
 def _nextTurn():
