@@ -5,7 +5,6 @@ once per session, and a closing table of asynqueue-to-peer ratios.
 
 Run: ``pytest benchmarks/`` (``--quick`` for a short smoke run).
 """
-import gc
 import os
 import sys
 
@@ -22,22 +21,6 @@ def pytest_addoption(parser):
     parser.addoption(
         "--quick", action="store_true",
         help="run every benchmark once at tiny sizes (a smoke test)")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def frozenImports():
-    """
-    Move everything the suite has loaded by now (numba, dask, matplotlib,
-    pytest itself…) out of the garbage collector's sight (``gc.freeze``),
-    as long-running services do after start-up. Otherwise each full
-    collection scans those objects, and the contender that happens to
-    make most objects while measured pays for modules that other groups
-    imported.
-    """
-    gc.collect()
-    gc.freeze()
-    yield
-    gc.unfreeze()
 
 
 @pytest.fixture(scope="session")

@@ -177,10 +177,7 @@ def report(data, command, directory=DOCS):
         "page. Every group runs asynqueue and its peers on "
         "the same workload in the same run; ratios are of median times, "
         "so above 1 asynqueue is faster. Timings on shared machines vary "
-        "by 20% or more from run to run. Before measuring, the suite "
-        "takes what it has imported out of the garbage collector's sight "
-        "(`gc.freeze()`, as services do after start-up; see "
-        "`benchmarks/conftest.py`).".format(command), ""]
+        "by 20% or more from run to run.".format(command), ""]
     for name, plot, caption in (
             ("perf-arrays.png", plotArrays, "Array throughput by size"),
             ("perf-workers.png", plotWorkers, "mcm speedup by workers")):
