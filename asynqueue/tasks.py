@@ -53,6 +53,8 @@ class Task:
     doneHook = None
     #: The Deferred of the retry that ``d`` waits for, if any.
     _waitingFor = None
+    #: Called with no arguments when I leave the AssignmentFactory's heap.
+    taken = None
 
     def __init__(self, f, args, kw, priority, series, timeout=None):
         if not isinstance(args, (tuple, list)):
@@ -63,7 +65,7 @@ class Task:
             raise TypeError(
                 "Task keywords must be a dict, not {!r}".format(
                     type(kw).__name__))
-        self.callTuple = (f, args, kw)
+        self._f, self._args, self._kw = f, args, kw
         self.priority = priority
         self.series = series
         self.timeout = timeout
@@ -79,15 +81,23 @@ class Task:
             name: kw[name] for name in WORKER_KEYWORDS if name in kw} \
             if kw else None
         self._timer = None
-        self.d = self._newDeferred()
+        self.d = defer.Deferred(self)
 
-    def _newDeferred(self):
-        """A Deferred whose cancellation is reported to ``cancelHook``."""
-        return defer.Deferred(self._cancelled)
+    @property
+    def callTuple(self):
+        """The call, as ``(f, args, kw)``; ``kw`` is the task's own dict,
+        so popping from it changes the task."""
+        return self._f, self._args, self._kw
 
-    def _cancelled(self, d):
+    @callTuple.setter
+    def callTuple(self, callTuple):
+        self._f, self._args, self._kw = callTuple
+
+    def __call__(self, d):
         """The canceller of ``d``: let the queue withdraw this task, or
-        cancel the retry it waits for."""
+        cancel the retry it waits for. (The task is its Deferred's
+        canceller itself, rather than a bound method: one object fewer per
+        waiting call for the garbage collector to scan.)"""
         self._cancelTimer()
         if self._waitingFor is not None:
             self._waitingFor.cancel()
@@ -114,6 +124,23 @@ class Task:
         return self.priority > getattr(other, "priority", other)
 
     __hash__ = object.__hash__
+
+    def accept(self, worker):
+        """A worker took me from the AssignmentFactory's heap, where a
+        task the queue places waits as its own assignment: tell ``taken``,
+        start my timer and return what ``worker.run`` returns."""
+        self.withdraw()
+        self.worker = worker
+        self.startTimer()
+        return worker.run(self)
+
+    def withdraw(self):
+        """I leave the heap (taken by a worker, or withdrawn): call
+        ``taken``, once."""
+        taken = self.taken
+        if taken is not None:
+            self.taken = None
+            taken()
 
     def startTimer(self):
         """Arm the timeout timer, if this task has a timeout."""
@@ -183,7 +210,7 @@ class Task:
     def reset(self):
         """Give the task a fresh Deferred, and return it."""
         self._cancelTimer()
-        self.d = self._newDeferred()
+        self.d = defer.Deferred(self)
         return self.d
 
     def rush(self):
@@ -244,16 +271,17 @@ class TaskFactory:
 
 class Assignment:
     """
-    A task waiting for a worker; ``d`` fires when a worker accepts it (it
-    is made only if asked for), and so does ``taken``, if given.
+    A task waiting for a worker, with a Deferred ``d`` that fires when a
+    worker accepts it (made only if asked for). ``taken``, if given, is
+    called when it leaves the heap.
     """
 
-    __slots__ = ("task", "_d", "taken")
+    __slots__ = ("task", "_d")
 
     def __init__(self, task, taken=None):
         self.task = task
         self._d = None
-        self.taken = taken
+        task.taken = taken
 
     @property
     def d(self):
@@ -267,8 +295,7 @@ class Assignment:
     def withdraw(self):
         """No worker will get me: ``d`` fails with CancelledError (quietly)
         and ``taken`` is told."""
-        if self.taken is not None:
-            self.taken()
+        self.task.withdraw()
         self.d.addErrback(_dropCancelled)
         self.d.errback(Failure(CancelledError()))
 
@@ -279,11 +306,7 @@ class Assignment:
             self._d = _ACCEPTED
         else:
             self._d.callback(None)
-        if self.taken is not None:
-            self.taken()
-        self.task.worker = worker
-        self.task.startTimer()
-        return worker.run(self.task)
+        return self.task.accept(worker)
 
 
 #: What an Assignment's ``_d`` is once accepted without anyone having asked
@@ -294,6 +317,12 @@ _ACCEPTED = object()
 def _dropCancelled(failure):
     """Swallow the CancelledError of an assignment that was withdrawn."""
     failure.trap(CancelledError)
+
+
+def _taskOf(assignment):
+    """The task of an item of the heap: an Assignment, or a Task placed
+    as its own assignment."""
+    return assignment.task if type(assignment) is Assignment else assignment
 
 
 def cancelTasks(tasks, exception):
@@ -310,51 +339,57 @@ class AssignmentFactory:
     Matches tasks with the requests that workers file, one request per
     worker and series. Tasks no worker can take yet wait in a priority heap
     of their series; requests no task is ready for wait first-in, first-out.
+
+    A request is a ``(worker, series)`` tuple, listed under
+    ``worker.assignments[series]`` until a task meets it. (0.9 made each
+    a Deferred, which cost every call a Deferred fired with no callback.)
     """
 
     def __init__(self):
-        #: series -> deque of (worker, request Deferred), oldest first.
+        #: series -> deque of requests, oldest first.
         self.waiting = {}
-        #: series -> PriorityHeap of Assignments.
+        #: series -> PriorityHeap of Assignments (and of Tasks placed as
+        #: their own assignments).
         self.pending = {}
         self.broadcast = None
         self._dirty = deque()
         self._matching = False
 
     def request(self, worker, series):
-        """
-        File ``worker``'s request for a task of ``series``. The request is a
-        Deferred, listed under ``worker.assignments[series]`` until it fires
-        with the Assignment the worker then runs.
-        """
-        d = defer.Deferred()
+        """File ``worker``'s request for a task of ``series``, listed under
+        ``worker.assignments[series]`` until a task meets it."""
+        request = (worker, series)
         assignments = getattr(worker, "assignments", None)
         if assignments is None:
             assignments = worker.assignments = {}
-        assignments.setdefault(series, []).append(d)
-        self.waiting.setdefault(series, deque()).append((worker, d))
-        self._match(series)
+        assignments.setdefault(series, []).append(request)
+        self.waiting.setdefault(series, deque()).append(request)
+        if self.pending.get(series):
+            self._match(series)
 
     def new(self, task):
         """Queue ``task`` for the next worker of its series; return a
         Deferred that fires when a worker accepts it."""
         assignment = Assignment(task)
         d = assignment.d
-        self._place(assignment)
+        self._place(assignment, task)
         return d
 
     def place(self, task, taken=None):
         """Queue ``task`` for the next worker of its series, calling
-        ``taken()`` when one accepts it (or it is withdrawn)."""
-        self._place(Assignment(task, taken))
+        ``taken()`` when one accepts it (or it is withdrawn). The task
+        waits in the heap as its own assignment."""
+        task.taken = taken
+        self._place(task, task)
 
-    def _place(self, assignment):
-        series = assignment.task.series
+    def _place(self, assignment, task):
+        series = task.series
         heap = self.pending.get(series)
         if heap is None:
             heap = self.pending[series] = scheduler.PriorityHeap()
-        heap.push(assignment, assignment.task.priority)
-        self._match(series)
+        heap.push(assignment, task.priority)
+        if self.waiting.get(series):
+            self._match(series)
 
     def _match(self, series):
         """
@@ -362,11 +397,12 @@ class AssignmentFactory:
         that matching triggers (a worker ready again at once, a new task
         queued by a callback) is looped over here, never recursed into.
         """
-        self._dirty.append(series)
         if self._matching:
+            self._dirty.append(series)
             return
         self._matching = True
         try:
+            self._matchSeries(series)
             while self._dirty:
                 self._matchSeries(self._dirty.popleft())
         finally:
@@ -377,8 +413,7 @@ class AssignmentFactory:
         waiting = self.waiting.get(series)
         heap = self.pending.get(series)
         while waiting and heap:
-            worker, d = waiting.popleft()
-            self._accept(heap.pop(), worker, d, series)
+            self._accept(heap.pop(), waiting.popleft())
         self._dropIfEmpty(series, heap)
 
     def _dropIfEmpty(self, series, heap):
@@ -387,11 +422,11 @@ class AssignmentFactory:
         if heap is not None and not heap and self.pending.get(series) is heap:
             del self.pending[series]
 
-    def _accept(self, assignment, worker, d, series):
+    def _accept(self, assignment, request):
         """A request met an assignment: run it, and when the worker is ready
         again and still hired, file another request."""
-        worker.assignments[series].remove(d)
-        d.callback(assignment)
+        worker, series = request
+        worker.assignments[series].remove(request)
         try:
             dReady = assignment.accept(worker)
         except Exception:
@@ -416,9 +451,9 @@ class AssignmentFactory:
         """Withdraw every request of ``worker``, without firing them."""
         for series, requests in getattr(worker, "assignments", {}).items():
             waiting = self.waiting.get(series)
-            for d in requests:
-                if waiting is not None and (worker, d) in waiting:
-                    waiting.remove((worker, d))
+            for request in requests:
+                if waiting is not None and request in waiting:
+                    waiting.remove(request)
             del requests[:]
 
     def cancel(self, selector):
@@ -426,9 +461,9 @@ class AssignmentFactory:
         and return those tasks (their assignments fail, quietly)."""
         tasks = []
         for series, heap in list(self.pending.items()):
-            for assignment in heap.cancel(lambda a: selector(a.task)):
+            for assignment in heap.cancel(lambda a: selector(_taskOf(a))):
                 assignment.withdraw()
-                tasks.append(assignment.task)
+                tasks.append(_taskOf(assignment))
             self._dropIfEmpty(series, heap)
         return tasks
 

@@ -234,6 +234,49 @@ class TestAssignmentFactory(unittest.TestCase):
         self.assertFalse(accepted[1].called)
         self.assertTrue(accepted[0].called)
 
+    def test_placedTasksWaitInPriorityOrderWithAssignments(self):
+        """Tasks placed as their own assignments and Assignments of
+        ``new`` share one heap; ``taken`` is told once per placed task."""
+        af, worker = AssignmentFactory(), FakeWorker()
+        taken = []
+        tasks = [makeTask(p) for p in (3.0, 1.0, 2.0)]
+        af.place(tasks[0], lambda: taken.append(0))
+        accepted = af.new(tasks[1])
+        af.place(tasks[2], lambda: taken.append(2))
+        self.assertEqual(taken, [])
+        af.request(worker, None)
+        self.assertTrue(accepted.called)
+        for _ in range(2):
+            worker.ready.callback(None)
+        self.assertEqual(worker.ran, [tasks[1], tasks[2], tasks[0]])
+        self.assertEqual(taken, [2, 0])
+        self.assertEqual([task.worker for task in tasks], [worker] * 3)
+
+    def test_cancelPlaced(self):
+        """A placed task that is withdrawn tells ``taken`` and never
+        runs; the others still do."""
+        af, worker = AssignmentFactory(), FakeWorker()
+        taken = []
+        tasks = [makeTask(p, series="a") for p in (1.0, 2.0)]
+        for i, task in enumerate(tasks):
+            af.place(task, lambda i=i: taken.append(i))
+        self.assertEqual(af.cancel(lambda task: task is tasks[0]), [tasks[0]])
+        self.assertEqual(taken, [0])
+        af.request(worker, "a")
+        self.assertEqual(worker.ran, [tasks[1]])
+        self.assertEqual(taken, [0, 1])
+
+    def test_requestsListedUntilMet(self):
+        """A worker's requests are listed under its ``assignments`` until
+        a task meets them."""
+        af, worker = AssignmentFactory(), FakeWorker()
+        af.request(worker, None)
+        af.request(worker, "a")
+        self.assertEqual(len(worker.assignments[None]), 1)
+        af.place(makeTask(series="a"))
+        self.assertEqual(worker.assignments["a"], [])
+        self.assertEqual(len(worker.assignments[None]), 1)
+
     def test_synchronousWorkersDoNotRecurse(self):
         """Thousands of tasks finishing at once are matched in a loop."""
         af = AssignmentFactory()
