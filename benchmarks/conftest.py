@@ -5,8 +5,10 @@ once per session, and a closing table of asynqueue-to-peer ratios.
 
 Run: ``pytest benchmarks/`` (``--quick`` for a short smoke run).
 """
+import math
 import os
 import sys
+import time
 
 import pytest
 from twisted.internet import defer, reactor
@@ -51,13 +53,37 @@ def runReactor():
         reactor.threadpool.stop()
 
 
+#: The most rounds ``record`` times when it fits rounds to ``seconds``.
+MAX_ROUNDS = 60
+
+
+def fittedRounds(function, rounds, warmup, seconds):
+    """Run ``function`` ``warmup`` times (at least once); return how many
+    rounds, ``rounds`` at least and MAX_ROUNDS at most, take about
+    ``seconds`` at the pace of the fastest warm-up round (the first ones
+    may set memory up)."""
+    times = []
+    for _ in range(max(1, warmup)):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    pace = min(times)
+    return min(MAX_ROUNDS, max(rounds, math.ceil(seconds / max(pace, 1e-9))))
+
+
 @pytest.fixture
 def record(benchmark):
-    """``record(function, name, rounds=3, warmup=1)``: benchmark
-    ``function`` (one round each call) under ``name`` and remember its
-    median for the ratio table of its group."""
-    def measure(function, name, rounds=3, warmup=1):
+    """``record(function, name, rounds=3, warmup=1, seconds=None)``:
+    benchmark ``function`` (one round each call) under ``name`` and
+    remember its median for the ratio table of its group. With
+    ``seconds``, a fast contender runs more rounds, so that each one is
+    timed for about that long and a few slow moments of a shared machine
+    move its median less."""
+    def measure(function, name, rounds=3, warmup=1, seconds=None):
         benchmark.extra_info["contender"] = name
+        if seconds is not None:
+            rounds = fittedRounds(function, rounds, warmup, seconds)
+            warmup = 0
         benchmark.pedantic(function, rounds=rounds, iterations=1,
                            warmup_rounds=warmup)
         RESULTS[(benchmark.group, name)] = benchmark.stats.stats.median

@@ -17,6 +17,9 @@ from mcmandelbrot.runner import Runner
 #: Width, half-spans and iteration values of the end-to-end render.
 NX, VIEW, N_VALUES = 2000, (-0.630, 0.0, 1.4, 1.12), 2000
 QUICK_NX, QUICK_N_VALUES = 200, 200
+#: Renders timed per worker count: a render is short, and this machine's
+#: speed swings from one second to the next, so three were too few.
+MCM_ROUNDS = 5
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -35,7 +38,7 @@ def test_mcmRender(record, runReactor, quick, workers):
         render = lambda: runReactor(runner.run, io.BytesIO(), Nx, *VIEW)
         name = "asynqueue" if workers == 2 else "{:d} worker{}".format(
             workers, "" if workers == 1 else "s")
-        record(render, name, rounds=1 if quick else 3)
+        record(render, name, rounds=1 if quick else MCM_ROUNDS)
     finally:
         runReactor(runner.shutdown)
 

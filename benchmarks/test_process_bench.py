@@ -147,27 +147,38 @@ def array(request, quick):
     return np.random.default_rng(1).random(request.param * (1 << 17))
 
 
-def recordArray(benchmark, record, function, name, array):
+#: About how long each contender of the array and SharedArray groups is
+#: timed (at least five rounds; a fast one makes more calls).
+ARRAY_SECONDS = 0.5
+
+
+def arraySeconds(quick):
+    return None if quick else ARRAY_SECONDS
+
+
+def recordArray(benchmark, record, function, name, array, quick):
     """Each contender warms every worker up first (the first call of a
-    size sets up its memory), then makes five timed calls."""
+    size sets up its memory), then makes timed calls for about half a
+    second, five at least."""
     benchmark.group = "float64 array {} MB in and out".format(
         array.nbytes >> 20)
-    record(function, name, rounds=5, warmup=2 * WORKERS)
+    record(function, name, rounds=5, warmup=2 * WORKERS,
+           seconds=arraySeconds(quick))
 
 
-def test_arrayAsynqueue(benchmark, record, aq, runReactor, array):
+def test_arrayAsynqueue(benchmark, record, aq, runReactor, array, quick):
     recordArray(benchmark, record, lambda: runReactor(aq.call, negate, array),
-                "asynqueue", array)
+                "asynqueue", array, quick)
 
 
-def test_arrayProcessPoolExecutor(benchmark, record, ppe, array):
+def test_arrayProcessPoolExecutor(benchmark, record, ppe, array, quick):
     recordArray(benchmark, record, lambda: ppe.submit(negate, array).result(),
-                "ProcessPoolExecutor", array)
+                "ProcessPoolExecutor", array, quick)
 
 
-def test_arrayPool(benchmark, record, pool, array):
+def test_arrayPool(benchmark, record, pool, array, quick):
     recordArray(benchmark, record, lambda: pool.apply(negate, (array,)),
-                "Pool.apply", array)
+                "Pool.apply", array, quick)
 
 
 # --- A SharedArray processed in place ---------------------------------------
@@ -181,12 +192,14 @@ def shared(quick):
 
 
 @pytest.mark.benchmark(group="SharedArray processed in place")
-def test_sharedInPlaceAsynqueue(benchmark, record, aq, runReactor, shared):
+def test_sharedInPlaceAsynqueue(benchmark, record, aq, runReactor, shared,
+                                quick):
     # Each worker maps the array on its first call; warm them all up.
     record(lambda: runReactor(aq.call, doubleInPlace, shared), "asynqueue",
-           rounds=5, warmup=2 * WORKERS)
+           rounds=5, warmup=2 * WORKERS, seconds=arraySeconds(quick))
 
 
 @pytest.mark.benchmark(group="SharedArray processed in place")
-def test_sharedInPlaceNumpyAlone(benchmark, record, shared):
-    record(lambda: doubleInPlace(shared), "numpy in the parent", rounds=5)
+def test_sharedInPlaceNumpyAlone(benchmark, record, shared, quick):
+    record(lambda: doubleInPlace(shared), "numpy in the parent", rounds=5,
+           seconds=arraySeconds(quick))
