@@ -5,6 +5,7 @@ pyproject.toml; this file only declares what must be compiled and how.
 """
 import os
 
+import numpy
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 from Cython.Build import cythonize
@@ -16,9 +17,13 @@ DIRECTIVES = {"language_level": "3", "embedsignature": True}
 EXTENSIONS = {
     "asynqueue._speedups.scheduler": "asynqueue/_speedups/scheduler.pyx",
     "asynqueue._speedups.framing": "asynqueue/_speedups/framing.pyx",
+    "asynqueue._speedups.allocator": "asynqueue/_speedups/allocator.pyx",
     "mcmandelbrot._kernel": "mcmandelbrot/_kernel.pyx",
     "mcmandelbrot._bitmap": "mcmandelbrot/_bitmap.pyx",
 }
+
+#: Module name -> header directories it needs besides Python's.
+INCLUDE_DIRS = {"asynqueue._speedups.allocator": [numpy.get_include()]}
 
 #: Optimize, but never contract a*b+c into one FMA: the Mandelbrot kernel
 #: must give the same bits as its numpy twin.
@@ -34,6 +39,7 @@ def extensions():
     macros = [("CYTHON_TRACE_NOGIL", "1")] if TRACE else []
     modules = [
         Extension(name, [source], define_macros=macros,
+                  include_dirs=INCLUDE_DIRS.get(name, []),
                   extra_compile_args=COMPILE_ARGS)
         for name, source in EXTENSIONS.items()
     ]

@@ -5,6 +5,11 @@ its parent. The filling side lends first-fit regions; the other side
 borrows each in place and gives it back when its last array is gone, by
 setting a byte in the region's header, so that a buffer is copied once
 each way and never out again.
+
+A child whose numpy arrays are born in its reply arena (see
+``_speedups/allocator``) sends a result array's own region, with no copy
+at all: such a region is *owned* by numpy until the second header byte
+says numpy freed it, and is free again once both bytes are set.
 """
 import bisect
 import os
@@ -21,8 +26,14 @@ ALIGNMENT = 64
 #: A CallArena grows by segments of a whole number of these bytes.
 GROWTH_UNIT = 1 << 20
 #: Bytes before every region: the first is set by the borrower when it
-#: gives the region back.
+#: gives the region back (and is 1 while the region is not lent), the
+#: second when the lender's numpy frees an owned region (1 for others);
+#: bytes 8 to 16 hold an owned region's size.
 REGION_HEADER = 64
+#: Header bytes: given back by the borrower; freed by its owner.
+GIVEN_BACK, OWNER_DONE = 0, 1
+#: Where the header of an owned region keeps its size (8 bytes).
+SIZE_AT = 8
 
 
 def regionSize(nbytes):
@@ -58,32 +69,75 @@ class _Regions:
         self._lent = {}         # data offset -> (start, borrower)
 
     def allocate(self, nbytes, borrower=None):
-        """``(offset, view)`` of a new region of ``nbytes`` bytes, or None
-        when the area has no room for it."""
+        """``(offset, view)`` of a new region of ``nbytes`` bytes, lent,
+        or None when the area has no room for it."""
+        start = self._place(nbytes, borrower)
+        if start is None:
+            return None
+        self._area[start:start + 2] = b"\x00\x01"
+        offset = start + REGION_HEADER
+        return offset, self._area[offset:offset + nbytes]
+
+    def allocateOwned(self, nbytes):
+        """The offset of a new region of ``nbytes`` bytes that numpy owns
+        until it sets OWNER_DONE (not lent), or None when there is no
+        room."""
+        start = self._place(nbytes, None)
+        if start is None:
+            return None
+        area = self._area
+        area[start:start + 2] = b"\x01\x00"
+        area[start + SIZE_AT:start + SIZE_AT + 8] = nbytes.to_bytes(8, "little")
+        return start + REGION_HEADER
+
+    def _place(self, nbytes, borrower):
+        """The start of a new region's header, or None."""
         self.reclaim()
         size = regionSize(nbytes)
         start = _firstFit(self._used, size, len(self._area))
         if start is None:
             return None
         bisect.insort(self._used, (start, start + size))
-        self._area[start] = 0
-        offset = start + REGION_HEADER
-        self._lent[offset] = (start, borrower)
-        return offset, self._area[offset:offset + nbytes]
+        self._lent[start + REGION_HEADER] = (start, borrower)
+        return start
 
-    def release(self, offset):
-        """Free the region at ``offset`` now, given back or not."""
-        entry = self._lent.pop(offset, None)
+    def lendOwned(self, offset):
+        """Lend the owned region at ``offset`` as it is, if it is one and
+        is not lent already; returns whether it was."""
+        entry = self._lent.get(offset)
         if entry is None:
             return False
+        start, area = entry[0], self._area
+        if area[start + OWNER_DONE] or not area[start + GIVEN_BACK]:
+            return False
+        area[start + GIVEN_BACK] = 0
+        return True
+
+    def owned(self):
+        """How many regions numpy still owns."""
+        area = self._area
+        return sum(1 for start, _ in self._lent.values()
+                   if not area[start + OWNER_DONE])
+
+    def release(self, offset):
+        """Free the region at ``offset`` now, given back or not; an owned
+        region that numpy still holds is only no longer lent."""
+        entry = self._lent.get(offset)
+        if entry is None:
+            return False
+        if not self._area[entry[0] + OWNER_DONE]:
+            self._area[entry[0] + GIVEN_BACK] = 1
+            return True
+        del self._lent[offset]
         del self._used[bisect.bisect_left(self._used, (entry[0],))]
         return True
 
     def reclaim(self):
-        """Free every region that its borrower has given back."""
+        """Free every region that its borrower has given back and its
+        owner, if any, has freed."""
         area = self._area
         for offset in [offset for offset, (start, _) in self._lent.items()
-                       if area[start]]:
+                       if area[start + GIVEN_BACK] and area[start + OWNER_DONE]]:
             self.release(offset)
 
     def releaseBorrower(self, borrower):
@@ -111,7 +165,9 @@ def borrow(area, offset, length):
     when the last array made from it is gone, so that nothing is copied.
     The lease is a numpy array (out-of-band buffers come from numpy
     arrays, so numpy is there); without numpy, a private copy, and the
-    region is given back at once.
+    region is given back at once. So is an owned region that the lender's
+    numpy has not freed yet (its call kept the array): a copy keeps the
+    borrower's array private.
     """
     if offset < REGION_HEADER or length < 0 or offset + length > len(area):
         raise ValueError(
@@ -119,7 +175,8 @@ def borrow(area, offset, length):
             "bytes".format(length, offset, len(area)))
     flag = area[offset - REGION_HEADER:offset - REGION_HEADER + 1]
     numpy = _numpy()
-    if numpy is None or not length:
+    if numpy is None or not length or \
+            not area[offset - REGION_HEADER + OWNER_DONE]:
         copy = framing.copyOut(area[offset:offset + length])
         flag[0] = 1
         return copy
@@ -299,6 +356,7 @@ class ReplyArenaWriter(_ReplyArenaSide):
     def __init__(self, segment):
         _ReplyArenaSide.__init__(self, segment)
         self._regions = _Regions(segment.buffer)
+        self._allocator = self._address = None
 
     @classmethod
     def attach(cls, name):
@@ -318,7 +376,43 @@ class ReplyArenaWriter(_ReplyArenaSide):
             raise ValueError("no region is allocated at offset {} of "
                              "segment {}".format(offset, segment))
 
+    def hostArrays(self, allocator):
+        """Let numpy arrays be born here, through ``allocator`` (the
+        compiled ``_speedups.allocator``)."""
+        self._allocator = allocator
+        self._address = allocator.addArea(self._segment.buffer)
+
+    @property
+    def address(self):
+        """Where the arena is mapped, while numpy arrays may be born in it;
+        else None."""
+        return self._address
+
+    def allocateOwned(self, nbytes):
+        """The address of a new region of ``nbytes`` bytes for a numpy
+        array, or 0 when there is no room (or no hosting)."""
+        if self._address is None:
+            return 0
+        offset = self._regions.allocateOwned(nbytes)
+        return 0 if offset is None else self._address + offset
+
+    def adopt(self, buffer):
+        """The offset of the owned region that ``buffer`` starts, now lent
+        as it is; None if ``buffer`` is not such a region's, or it is lent
+        already."""
+        if self._address is None:
+            return None
+        offset = self._allocator.addressOf(buffer) - self._address
+        return offset if self._regions.lendOwned(offset) else None
+
     def close(self):
-        """Unmap the arena."""
+        """Unmap the arena, unless numpy arrays still live in it; returns
+        whether it was unmapped."""
+        if self._regions is not None and self._regions.owned():
+            return False
+        if self._address is not None:
+            self._allocator.removeArea(self._address)
+            self._address = None
         self._regions = None
         self._segment.close()
+        return True

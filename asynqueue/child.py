@@ -14,8 +14,8 @@ import sys
 import time
 from itertools import count
 
-from ._speedups import framing
-from .arena import ArenaReader, ReplyArenaWriter, regionSize
+from ._speedups import framing, numpyAllocator
+from .arena import REGION_HEADER, ArenaReader, ReplyArenaWriter, regionSize
 
 __all__ = ["ProcessUniverse", "cloudDumps", "dumpsAnything", "errorText"]
 
@@ -40,6 +40,9 @@ READ_SIZE = 1 << 16
 DEFAULT_BATCH = 256
 #: How long the child polls for the next call before it sleeps (seconds).
 SPIN_SECONDS = 0.0003
+#: numpy arrays of this many bytes or more (and of the shared-memory
+#: threshold) are born in the reply arena, once a call has loaded numpy.
+BORN_IN_ARENA = 1 << 20
 
 
 def cloudDumps(obj, protocol=5, buffer_callback=None):
@@ -139,6 +142,9 @@ class ProcessUniverse:
     compatibility and must be False: the child runs no reactor.
     """
 
+    #: The universe serving in this process, once one does.
+    serving = None
+
     def __init__(self, raw=False, callStats=False, useReactor=False,
                  shmThreshold=framing.DEFAULT_THRESHOLD):
         if useReactor:
@@ -151,10 +157,15 @@ class ProcessUniverse:
         self.arena = ArenaReader()
         self.replyArena = None
         self.replyGeneration = 0
+        #: Earlier reply arenas that numpy arrays still live in.
+        self.retiredArenas = []
+        #: The numpy memory handler once installed; False if it cannot be.
+        self.allocator = None
+        self._bornThreshold = max(BORN_IN_ARENA, shmThreshold)
         self._wanted = 0
         self.reader = framing.FrameReader()
         self.writer = framing.FrameWriter(
-            shmThreshold, self._allocate, self._release)
+            shmThreshold, self._allocate, self._release, self._adopt)
         self._handlers = {
             CALL: self.runCall, NEXT: self.sendItems, DROP: self.dropIterator,
             SEGMENT: self.addSegment, REPLY_ARENA: self.useReplyArena,
@@ -176,6 +187,29 @@ class ProcessUniverse:
     def _release(self, segment, offset):
         self.replyArena.release(0, offset)
 
+    def _adopt(self, buffer):
+        """A reply buffer that is an array born in the reply arena: its
+        ``(generation, offset)``, lent to the parent as it lies."""
+        arena = self.replyArena
+        offset = arena.adopt(buffer) if arena is not None else None
+        return None if offset is None else (self.replyGeneration, offset)
+
+    def _bear(self, nbytes):
+        """Where numpy puts a new array of ``nbytes`` bytes: the address of
+        a reply arena region, or 0 for its own memory."""
+        arena = self.replyArena
+        return arena.allocateOwned(nbytes) if arena is not None else 0
+
+    def _hostArrays(self):
+        """Once numpy is loaded, have large arrays born in the reply arena
+        (compiled core only), so that results go back with no copy."""
+        self.allocator = numpyAllocator() or False
+        if self.allocator:
+            self.allocator.install(
+                self._bear, self._bornThreshold, REGION_HEADER)
+            if self.replyArena is not None:
+                self.replyArena.hostArrays(self.allocator)
+
     def addSegment(self, requestID, payload):
         segmentID, name = payload
         self.segments[segmentID] = name
@@ -184,8 +218,12 @@ class ProcessUniverse:
         """Write replies to a new reply arena from now on."""
         generation, name = payload
         if self.replyArena is not None:
-            self.replyArena.close()
+            self.retiredArenas.append(self.replyArena)
+        self.retiredArenas = [
+            arena for arena in self.retiredArenas if not arena.close()]
         self.replyArena = ReplyArenaWriter.attach(name)
+        if self.allocator:
+            self.replyArena.hostArrays(self.allocator)
         self.replyGeneration = generation
         self.writer.writeBytes(ARENA_ACK, requestID, pickle.dumps(generation))
 
@@ -203,6 +241,8 @@ class ProcessUniverse:
         except Exception:
             return self.reply(requestID, b'e', errorText("loading a call"))
         raw = self.raw if raw is None else raw
+        if self.allocator is None and "numpy" in sys.modules:
+            self._hostArrays()
         start = time.perf_counter()
         try:
             result = f(*args, **kw)
@@ -288,6 +328,7 @@ class ProcessUniverse:
     def serve(self, fdIn=FD_CALLS, fdOut=FD_REPLIES):
         """Serve frames until the parent closes the pipe (or dies)."""
         reader, writer = self.reader, self.writer
+        ProcessUniverse.serving = self
         os.set_blocking(fdIn, False)
         writer.writeBytes(READY, 0, b"")
         _writeAll(fdOut, writer.take())
@@ -309,10 +350,13 @@ class ProcessUniverse:
         self.close()
 
     def close(self):
+        """Let go of iterators and shared memory; arenas that numpy arrays
+        still live in stay mapped until the process exits."""
         self.iterators.clear()
         self.arena.close()
-        if self.replyArena is not None:
-            self.replyArena.close()
+        for arena in self.retiredArenas + [self.replyArena]:
+            if arena is not None:
+                arena.close()
 
     # --- 0.9 API ---------------------------------------------------------
 

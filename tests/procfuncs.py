@@ -178,3 +178,59 @@ def countingGenerator(n):
 
 def closedIterators():
     return _closedIterators[0]
+
+
+def _universe():
+    """The ProcessUniverse serving this child (run as ``__main__``)."""
+    return sys.modules["__main__"].ProcessUniverse.serving
+
+
+def bornArray(nbytes, value):
+    """A new array, and where it lies in the reply arena (None if not
+    there): ``(array, offset)``."""
+    import numpy
+    array = numpy.full(nbytes // 8, float(value))
+    arena = _universe().replyArena
+    base = None if arena is None else arena.address
+    return array, None if base is None else array.ctypes.data - base
+
+
+def handlerName(nbytes):
+    """The name of the numpy memory handler of a new array."""
+    import numpy
+    from numpy._core.multiarray import get_handler_name
+    return get_handler_name(numpy.empty(nbytes // 8))
+
+
+def keepNew(name, nbytes, value):
+    """Keep a new array (see setGlobal) and return it too."""
+    import numpy
+    _globals[name] = numpy.full(nbytes // 8, float(value))
+    return _globals[name]
+
+
+def bump(name):
+    """Add one to the array kept as ``name``; its first value."""
+    _globals[name] += 1.0
+    return float(_globals[name][0])
+
+
+def temporaries(n):
+    """A sum through several large temporary arrays."""
+    import numpy
+    return float(numpy.sqrt(numpy.arange(n) * 2.0 + 1.0).sum())
+
+
+def forkAndChurn(nbytes):
+    """Fork; the forked copy makes and frees large arrays, among them a
+    copy of one this process keeps. What this process holds is intact."""
+    import numpy
+    kept = numpy.full(nbytes // 8, 4.0)
+    pid = os.fork()
+    if pid == 0:
+        churn = numpy.full(nbytes // 8, 9.0)
+        del kept, churn
+        os._exit(0)
+    os.waitpid(pid, 0)
+    fresh = numpy.full(nbytes // 8, 6.0)
+    return float(kept.sum()), float(fresh.sum())

@@ -179,6 +179,7 @@ class TestBorrow:
 
     def test_given_back_when_the_last_array_goes(self):
         area = memoryview(bytearray(4 * H))
+        area[arena.OWNER_DONE] = 1      # a region lent, not owned
         area[H:H + 8] = b"abcdefgh"
         borrowed = arena.borrow(area, H, 8)
         assert isinstance(borrowed, memoryview) and not borrowed.readonly
@@ -192,9 +193,22 @@ class TestBorrow:
         gc.collect()
         assert area[0] == 1
 
+    def test_owned_region_still_held_is_copied(self):
+        """A region whose lender's numpy still holds its array (the call
+        kept it) is copied and given back at once: the borrower's array
+        is private."""
+        area = memoryview(bytearray(2 * H))
+        area[H:H + 4] = b"kept"
+        borrowed = arena.borrow(area, H, 4)
+        assert area[arena.GIVEN_BACK] == 1
+        area[H:H + 4] = b"gone"
+        assert bytes(borrowed) == b"kept"
+
     def test_given_back_from_another_thread(self):
         area = memoryview(bytearray(2 * H))
+        area[arena.OWNER_DONE] = 1
         holder = [arena.borrow(area, H, 16)]
+        assert area[0] == 0
         thread = threading.Thread(target=holder.clear)
         thread.start()
         thread.join()
@@ -339,6 +353,7 @@ def test_a_forked_copy_does_not_give_back():
     """A fork of the borrower that drops its copy of an array leaves the
     region lent: the borrower itself still has it."""
     area = memoryview(mmap.mmap(-1, 2 * H))     # shared with the fork
+    area[arena.OWNER_DONE] = 1
     borrowed = np.frombuffer(arena.borrow(area, H, 16), np.uint8)
     pid = os.fork()
     if pid == 0:

@@ -308,6 +308,35 @@ class TestWriter:
                             dumps=dumps) == []
         assert answers == [True] and arena.live == {}
 
+    def test_adopted_buffers_are_sent_where_they_lie(self, framing):
+        """A buffer that ``adopt`` claims goes out of band as it lies, with
+        no region allocated and nothing copied; others are copied."""
+        arena = FakeArena()
+        mine, theirs = np.arange(300.0), np.arange(200.0)
+        seen = []
+
+        def adopt(buffer):
+            seen.append(bytes(buffer[:8]))
+            return (7, 4096) if bytes(buffer) == mine.tobytes() else None
+
+        writer = framing.FrameWriter(1000, arena.allocate, arena.release,
+                                     adopt)
+        placed = writer.write(1, 0, [mine, theirs])
+        assert placed == [(7, 4096, mine.nbytes), (0, 0, theirs.nbytes)]
+        assert list(arena.live) == [(0, 0)] and len(seen) == 2
+        reader = framing.FrameReader()
+        reader.feed(writer.take())
+        assert reader.next().buffers == tuple(placed)
+
+    def test_failing_dumps_gives_adopted_buffers_back(self, framing):
+        released = []
+        writer = framing.FrameWriter(
+            1000, FakeArena().allocate, lambda *region: released.append(
+                region), lambda buffer: (3, 64))
+        with pytest.raises((pickle.PicklingError, AttributeError)):
+            writer.write(1, 0, [np.zeros(500), lambda: None])
+        assert released == [(3, 64)] and len(writer) == 0
+
     def test_custom_dumps_receives_protocol_and_callback(self, framing):
         seen = {}
 

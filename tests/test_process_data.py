@@ -11,7 +11,10 @@ import types
 import numpy
 from twisted.internet import defer
 
+from twisted.trial.unittest import SkipTest
+
 from asynqueue import SharedArray, errors
+from asynqueue._speedups import COMPILED
 
 import procfuncs
 from proccase import ProcessTestCase, shmExists
@@ -281,3 +284,97 @@ class TestSharedArray(ProcessTestCase):
         self.assertTrue(shmExists(name))
         yield q.shutdown()
         self.assertFalse(shmExists(name))
+
+
+class TestArraysBornInArena(ProcessTestCase):
+    """
+    On the compiled core, large arrays a call makes are born in the reply
+    arena and a result goes back where it lies, with no copy; whatever the
+    child does with its arrays, the caller's results stay private.
+    """
+
+    def warmUp(self, q):
+        """A first large result: the child loads numpy and asks for the
+        reply arena that later arrays are born in."""
+        return q.call(procfuncs.twice, numpy.ones(LARGE // 8))
+
+    @defer.inlineCallbacks
+    def test_largeArraysBornInArena(self):
+        q = self.makeQueue()
+        yield self.warmUp(q)
+        name = yield q.call(procfuncs.handlerName, LARGE)
+        self.assertEqual(name, "asynqueue_arena" if COMPILED
+                         else "default_allocator")
+
+    @defer.inlineCallbacks
+    def test_resultSentWhereItLies(self):
+        """A result born in the arena reaches the caller at the offset
+        where the child made it: nothing was copied."""
+        if not COMPILED:
+            raise SkipTest("the pure-Python path copies results")
+        q = self.makeQueue()
+        worker = self.workerOf(q)
+        yield self.warmUp(q)
+        for value in range(5):
+            array, offset = yield q.call(procfuncs.bornArray, LARGE, value)
+            self.assertTrue((array == value).all())
+            self.assertIsNotNone(offset)
+            arena = worker.process.replyArenas[worker.process.replyGeneration]
+            base = numpy.frombuffer(arena._segment.buffer, numpy.uint8)
+            self.assertEqual(array.ctypes.data - base.ctypes.data, offset)
+            del base, array
+        generation = worker.process.replyGeneration
+        for value in range(20):
+            yield q.call(procfuncs.bornArray, LARGE, value)
+        self.assertEqual(worker.process.replyGeneration, generation)
+
+    @defer.inlineCallbacks
+    def test_resultTheChildKeepsStaysPrivate(self):
+        """A result the child keeps and changes later is the caller's own
+        copy all the same."""
+        q = self.makeQueue()
+        yield self.warmUp(q)
+        result = yield q.call(procfuncs.keepNew, "kept", LARGE, 1.0)
+        self.assertEqual((yield q.call(procfuncs.bump, "kept")), 2.0)
+        self.assertTrue((result == 1.0).all())
+        result += 5.0
+        self.assertEqual((yield q.call(procfuncs.bump, "kept")), 3.0)
+        yield q.call(procfuncs.setGlobal, "kept", None)
+
+    @defer.inlineCallbacks
+    def test_keptArraysOutliveArenaGrowth(self):
+        """Arrays the child keeps in an arena that a bigger one replaces
+        stay valid; the old arena goes once they do."""
+        q = self.makeQueue()
+        worker = self.workerOf(q)
+        yield self.warmUp(q)
+        yield q.call(procfuncs.keepNew, "kept", LARGE, 5.0)
+        first = worker.process.replyGeneration
+        big = numpy.arange(6 * LARGE, dtype=numpy.uint8)
+        for _ in range(2):
+            result = yield q.call(procfuncs.twice, big)
+            self.assertTrue(numpy.array_equal(result, big * 2))
+        self.assertGreater(worker.process.replyGeneration, first)
+        self.assertEqual((yield q.call(procfuncs.bump, "kept")), 6.0)
+        yield q.call(procfuncs.setGlobal, "kept", None)
+        result = yield q.call(procfuncs.twice, big)
+        self.assertTrue(numpy.array_equal(result, big * 2))
+
+    @defer.inlineCallbacks
+    def test_temporariesLargerThanTheArena(self):
+        q = self.makeQueue()
+        yield self.warmUp(q)
+        n = 3 * LARGE
+        total = yield q.call(procfuncs.temporaries, n)
+        self.assertAlmostEqual(
+            total, float(numpy.sqrt(numpy.arange(n) * 2.0 + 1.0).sum()),
+            delta=1e-6 * total)
+
+    @defer.inlineCallbacks
+    def test_forkedCopyLeavesTheArenaAlone(self):
+        """A fork of the child neither takes arena memory nor frees what
+        the child holds."""
+        q = self.makeQueue()
+        yield self.warmUp(q)
+        kept, fresh = yield q.call(procfuncs.forkAndChurn, LARGE)
+        self.assertEqual((kept, fresh), (4.0 * LARGE // 8, 6.0 * LARGE // 8))

@@ -8,7 +8,8 @@ path is live. Both paths behave identically; the tests run both.
 import importlib
 import os
 
-__all__ = ["COMPILED", "framing", "scheduler", "compiledTwin"]
+__all__ = ["COMPILED", "framing", "scheduler", "compiledTwin",
+           "numpyAllocator"]
 
 
 def _purePythonWanted():
@@ -27,6 +28,22 @@ else:
         COMPILED = False
     else:
         COMPILED = True
+
+
+def numpyAllocator():
+    """
+    The compiled numpy memory handler (``allocator``), or None on the
+    pure-Python path, which has no twin of it: there, results are copied
+    into the reply arena instead of born in it. Importing it imports
+    numpy, so a child asks only once numpy is loaded.
+    """
+    if not COMPILED:
+        return None
+    try:
+        from . import allocator
+    except ImportError:
+        return None
+    return allocator
 
 
 def compiledTwin(name):

@@ -29,6 +29,7 @@ cdef class FrameWriter:
     cdef readonly uint64_t threshold
     cdef object allocate
     cdef object release
+    cdef object adopt
 
     cdef int reserve(self, Py_ssize_t extra) except -1
     cdef int appendFrame(self, uint8_t kind, uint8_t flags, uint32_t requestID,
@@ -38,6 +39,7 @@ cdef class FrameWriter:
 cdef class _BufferPlacer:
     cdef uint64_t threshold
     cdef object allocate
+    cdef object adopt
     cdef list descriptors           # (segment, offset, length), pickle order
     cdef list allocated             # (segment, offset) to give back on failure
 

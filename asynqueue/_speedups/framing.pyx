@@ -134,14 +134,18 @@ cdef class FrameWriter:
     """
     Writes frames into one growing output buffer that ``take`` empties.
     With an ``allocate`` function, pickled buffers of ``threshold`` bytes
-    or more are copied there (shared memory) instead of into the payload.
+    or more are copied there (shared memory) instead of into the payload;
+    first, an ``adopt`` function may send such a buffer where it already
+    lies: ``adopt(buffer)`` returns its ``(segment, offset)``, now lent, or
+    None.
     """
 
     def __init__(self, threshold=DEFAULT_THRESHOLD, allocate=None,
-                 release=None):
+                 release=None, adopt=None):
         self.threshold = checkRange("threshold", threshold, 0, UINT64_MAX)
         self.allocate = allocate
         self.release = release
+        self.adopt = adopt
 
     def __dealloc__(self):
         PyMem_Free(self.data)
@@ -164,6 +168,7 @@ cdef class FrameWriter:
         cdef _BufferPlacer placer = _BufferPlacer.__new__(_BufferPlacer)
         placer.threshold = self.threshold
         placer.allocate = self.allocate
+        placer.adopt = self.adopt
         placer.descriptors = []
         placer.allocated = []
         try:
@@ -264,7 +269,7 @@ cdef class _BufferPlacer:
             return True
         PyObject_GetBuffer(raw, &source, PyBUF_SIMPLE)
         try:
-            return placeBuffer(self, &source)
+            return placeBuffer(self, &source, raw)
         finally:
             PyBuffer_Release(&source)
 
@@ -277,12 +282,22 @@ cdef class _BufferPlacer:
         return 0
 
 
-cdef bint placeBuffer(_BufferPlacer placer, Py_buffer *source) except -1:
-    """Copy ``source`` into a new region, or tell that it stays in band."""
+cdef bint placeBuffer(_BufferPlacer placer, Py_buffer *source,
+                      object raw) except -1:
+    """Send ``source`` (the buffer of ``raw``) where it lies, or copy it
+    into a new region, or tell that it stays in band."""
     cdef Py_buffer target
     cdef Py_ssize_t nbytes = source.len
     if nbytes == 0 or <uint64_t>nbytes < placer.threshold:
         return True
+    adopted = placer.adopt(raw) if placer.adopt is not None else None
+    if adopted is not None:
+        segment, offset = adopted
+        placer.allocated.append((segment, offset))
+        placer.descriptors.append((
+            checkRange("segment", segment, 0, UINT32_LIMIT),
+            checkRange("offset", offset, 0, UINT64_MAX), nbytes))
+        return False
     region = placer.allocate(nbytes)
     if region is None:
         return True

@@ -87,17 +87,21 @@ class FrameWriter:
     """
     Writes frames into one growing output buffer that ``take`` empties.
     With an ``allocate`` function, pickled buffers of ``threshold`` bytes
-    or more are copied there (shared memory) instead of into the payload.
+    or more are copied there (shared memory) instead of into the payload;
+    first, an ``adopt`` function may send such a buffer where it already
+    lies: ``adopt(buffer)`` returns its ``(segment, offset)``, now lent, or
+    None.
     """
 
-    __slots__ = ("_output", "_threshold", "_allocate", "_release")
+    __slots__ = ("_output", "_threshold", "_allocate", "_release", "_adopt")
 
     def __init__(self, threshold=DEFAULT_THRESHOLD, allocate=None,
-                 release=None):
+                 release=None, adopt=None):
         self._threshold = _checkRange(
             "threshold", threshold, 0, _UINT64_MAX)
         self._allocate = allocate
         self._release = release
+        self._adopt = adopt
         self._output = bytearray()
 
     @property
@@ -117,7 +121,7 @@ class FrameWriter:
         for this frame is released, and the exception propagates.
         """
         header = self._header(kind, requestID, flags)
-        placer = _BufferPlacer(self._threshold, self._allocate)
+        placer = _BufferPlacer(self._threshold, self._allocate, self._adopt)
         try:
             payload = (pickle.dumps if dumps is None else dumps)(
                 obj, protocol=5, buffer_callback=placer)
@@ -167,11 +171,12 @@ class _BufferPlacer:
     buffer into a region from ``allocate`` and keeps it out of band.
     """
 
-    __slots__ = ("threshold", "allocate", "descriptors", "allocated")
+    __slots__ = ("threshold", "allocate", "adopt", "descriptors", "allocated")
 
-    def __init__(self, threshold, allocate):
+    def __init__(self, threshold, allocate, adopt=None):
         self.threshold = threshold
         self.allocate = allocate
+        self.adopt = adopt
         self.descriptors = []
         self.allocated = []
 
@@ -186,6 +191,14 @@ class _BufferPlacer:
         nbytes = raw.nbytes
         if nbytes == 0 or nbytes < self.threshold:
             return True
+        adopted = self.adopt(raw) if self.adopt is not None else None
+        if adopted is not None:
+            segment, offset = adopted
+            self.allocated.append((segment, offset))
+            self.descriptors.append((
+                _checkRange("segment", segment, 0, _UINT32_MAX),
+                _checkRange("offset", offset, 0, _UINT64_MAX), nbytes))
+            return False
         region = self.allocate(nbytes)
         if region is None:
             return True
