@@ -129,14 +129,17 @@ class Task:
         """A worker took me from the AssignmentFactory's heap, where a
         task the queue places waits as its own assignment: tell ``taken``,
         start my timer and return what ``worker.run`` returns."""
-        self.withdraw()
+        self._leaveHeap()
         self.worker = worker
         self.startTimer()
         return worker.run(self)
 
     def withdraw(self):
-        """I leave the heap (taken by a worker, or withdrawn): call
-        ``taken``, once."""
+        """No worker will get me: tell ``taken``."""
+        self._leaveHeap()
+
+    def _leaveHeap(self):
+        """Call ``taken``, once."""
         taken = self.taken
         if taken is not None:
             self.taken = None
