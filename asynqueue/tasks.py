@@ -42,19 +42,14 @@ class Task:
     #: The timeout timers now armed, for every task (0.9 kept this list;
     #: a timer leaves it when it is cancelled or fires).
     timeoutCalls = []
-    #: The callbacks added through ``addCallback`` (a list once there is
-    #: one; most tasks have none, and share this empty tuple).
-    callbacks = ()
-    #: What turns a worker's ``(status, result)`` into the caller's result
-    #: before ``d`` fires (the queue's ``taskDone``), or None. Not a
-    #: callback on ``d``: that would be five more objects for the garbage
-    #: collector to scan per waiting task, and bursts of calls keep
-    #: thousands waiting.
-    doneHook = None
-    #: The Deferred of the retry that ``d`` waits for, if any.
-    _waitingFor = None
-    #: Called with no arguments when I leave the AssignmentFactory's heap.
-    taken = None
+    #: Slots, so that a waiting task never carries a dict for the garbage
+    #: collector to scan (an instance dict appears when other code sets
+    #: attributes in another order); other attributes still go in one.
+    __slots__ = (
+        "_f", "_args", "_kw", "priority", "series", "timeout", "callID",
+        "worker", "cancelHook", "retries", "_workerOptions", "_timer", "d",
+        "callbacks", "doneHook", "doneOptions", "_waitingFor", "taken",
+        "__dict__", "__weakref__")
 
     def __init__(self, f, args, kw, priority, series, timeout=None):
         if not isinstance(args, (tuple, list)):
@@ -80,6 +75,22 @@ class Task:
         self._workerOptions = {
             name: kw[name] for name in WORKER_KEYWORDS if name in kw} \
             if kw else None
+        #: The callbacks added through ``addCallback`` (a list once there
+        #: is one; most tasks have none, and share an empty tuple).
+        self.callbacks = ()
+        #: What turns a worker's ``(status, result)`` into the caller's
+        #: result before ``d`` fires (the queue's ``taskDone``), or None.
+        #: Not a callback on ``d``: that would be five more objects for the
+        #: garbage collector to scan per waiting task, and bursts of calls
+        #: keep thousands waiting.
+        self.doneHook = None
+        #: The options ``doneHook`` applies, set by the queue.
+        self.doneOptions = None
+        #: The Deferred of the retry that ``d`` waits for, if any.
+        self._waitingFor = None
+        #: Called with no arguments when I leave the AssignmentFactory's
+        #: heap.
+        self.taken = None
         self._timer = None
         self.d = defer.Deferred(self)
 
