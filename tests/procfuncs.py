@@ -234,3 +234,14 @@ def forkAndChurn(nbytes):
     os.waitpid(pid, 0)
     fresh = numpy.full(nbytes // 8, 6.0)
     return float(kept.sum()), float(fresh.sum())
+
+
+def grownAndZeros(nbytes):
+    """An array grown in place (numpy's realloc) and a zeroed one (its
+    calloc), both large; the zeroed one's memory was used before."""
+    import numpy
+    for _ in range(3):
+        numpy.full(nbytes // 8, 5.0)
+    grown = numpy.arange(nbytes // 8, dtype=numpy.float64)
+    grown.resize(2 * (nbytes // 8), refcheck=False)
+    return grown, numpy.zeros(nbytes // 8)

@@ -361,6 +361,20 @@ class TestArraysBornInArena(ProcessTestCase):
         self.assertTrue(numpy.array_equal(result, big * 2))
 
     @defer.inlineCallbacks
+    def test_grownAndZeroedArrays(self):
+        """numpy's realloc and calloc of arena arrays: a grown array keeps
+        its values, a zeroed one is zeros where other arrays lay."""
+        q = self.makeQueue()
+        yield self.warmUp(q)
+        n = LARGE // 8
+        for _ in range(2):
+            grown, zeros = yield q.call(procfuncs.grownAndZeros, LARGE)
+            self.assertTrue(numpy.array_equal(grown[:n], numpy.arange(n)))
+            self.assertFalse(grown[n:].any())
+            self.assertEqual(len(grown), 2 * n)
+            self.assertFalse(zeros.any())
+
+    @defer.inlineCallbacks
     def test_temporariesLargerThanTheArena(self):
         q = self.makeQueue()
         yield self.warmUp(q)
