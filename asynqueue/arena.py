@@ -101,17 +101,21 @@ class _Regions:
         self._lent[start + REGION_HEADER] = (start, borrower)
         return start
 
-    def lendOwned(self, offset):
-        """Lend the owned region at ``offset`` as it is, if it is one and
-        is not lent already; returns whether it was."""
+    def lendable(self, offset):
+        """True if ``offset`` is that of an owned region that numpy holds
+        and that is not lent."""
         entry = self._lent.get(offset)
-        if entry is None:
-            return False
-        start, area = entry[0], self._area
-        if area[start + OWNER_DONE] or not area[start + GIVEN_BACK]:
-            return False
-        area[start + GIVEN_BACK] = 0
-        return True
+        return entry is not None and not self._area[entry[0] + OWNER_DONE] \
+            and bool(self._area[entry[0] + GIVEN_BACK])
+
+    def lendOwned(self, offset):
+        """Lend the owned region at ``offset`` as it is."""
+        self._area[self._lent[offset][0] + GIVEN_BACK] = 0
+
+    def ownerHolds(self, offset):
+        """True while numpy holds the owned region at ``offset``."""
+        entry = self._lent.get(offset)
+        return entry is not None and not self._area[entry[0] + OWNER_DONE]
 
     def owned(self):
         """How many regions numpy still owns."""
@@ -396,14 +400,25 @@ class ReplyArenaWriter(_ReplyArenaSide):
         offset = self._regions.allocateOwned(nbytes)
         return 0 if offset is None else self._address + offset
 
-    def adopt(self, buffer):
-        """The offset of the owned region that ``buffer`` starts, now lent
-        as it is; None if ``buffer`` is not such a region's, or it is lent
-        already."""
+    def ownedAt(self, buffer):
+        """The offset of the region of a numpy array that ``buffer``
+        starts, if it is one and is not lent; else None."""
         if self._address is None:
             return None
         offset = self._allocator.addressOf(buffer) - self._address
-        return offset if self._regions.lendOwned(offset) else None
+        return offset if self._regions.lendable(offset) else None
+
+    def lend(self, offset):
+        """Lend the region of a numpy array as it lies (see ``ownedAt``)."""
+        self._regions.lendOwned(offset)
+
+    def ownerHolds(self, offset):
+        """True while numpy holds the array region at ``offset``."""
+        return self._regions.ownerHolds(offset)
+
+    def copyInto(self, offset, target):
+        """Copy the data at ``offset`` into ``target``, a region's view."""
+        target[:] = self._segment.buffer[offset:offset + len(target)]
 
     def close(self):
         """Unmap the arena, unless numpy arrays still live in it; returns

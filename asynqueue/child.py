@@ -159,6 +159,9 @@ class ProcessUniverse:
         self.replyGeneration = 0
         #: Earlier reply arenas that numpy arrays still live in.
         self.retiredArenas = []
+        #: Reply buffers lent in place while the frame now handled runs:
+        #: (offset, reserve offset, reserve view); see ``_settle``.
+        self._adopted = []
         #: The numpy memory handler once installed; False if it cannot be.
         self.allocator = None
         self._bornThreshold = max(BORN_IN_ARENA, shmThreshold)
@@ -188,11 +191,38 @@ class ProcessUniverse:
         self.replyArena.release(0, offset)
 
     def _adopt(self, buffer):
-        """A reply buffer that is an array born in the reply arena: its
-        ``(generation, offset)``, lent to the parent as it lies."""
+        """A reply buffer that is an array born in the reply arena is lent
+        to the parent as it lies, with a reserve region of its size in
+        case the call keeps the array (see ``_settle``): its
+        ``(generation, offset)``, or None."""
         arena = self.replyArena
-        offset = arena.adopt(buffer) if arena is not None else None
-        return None if offset is None else (self.replyGeneration, offset)
+        offset = arena.ownedAt(buffer) if arena is not None else None
+        if offset is None:
+            return None
+        reserve = arena.allocate(memoryview(buffer).nbytes)
+        if reserve is None:
+            return None
+        arena.lend(offset)
+        self._adopted.append((offset,) + reserve[1:])
+        return self.replyGeneration, offset
+
+    def _settle(self):
+        """
+        A frame was handled, and no other code of the child has run yet: a
+        reply array that the call kept (the child may change it later) is
+        copied now to its reserve, and the reply points there instead, so
+        the parent gets the array as it was sent. Unused reserves are
+        freed.
+        """
+        adopted, self._adopted = self._adopted, []
+        arena, generation = self.replyArena, self.replyGeneration
+        for offset, reserveOffset, reserve in adopted:
+            if arena.ownerHolds(offset) and self.writer.redirect(
+                    generation, offset, generation, reserveOffset):
+                arena.copyInto(offset, reserve)
+                arena.release(0, offset)
+            else:
+                arena.release(0, reserveOffset)
 
     def _bear(self, nbytes):
         """Where numpy puts a new array of ``nbytes`` bytes: the address of
@@ -345,6 +375,8 @@ class ProcessUniverse:
                     # A call may take long: what is ready goes first.
                     _writeAll(fdOut, writer.take())
                 self.handle(frame)
+                if self._adopted:
+                    self._settle()
             if len(writer):
                 _writeAll(fdOut, writer.take())
         self.close()

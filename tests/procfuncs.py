@@ -245,3 +245,33 @@ def grownAndZeros(nbytes):
     grown = numpy.arange(nbytes // 8, dtype=numpy.float64)
     grown.resize(2 * (nbytes // 8), refcheck=False)
     return grown, numpy.zeros(nbytes // 8)
+
+
+def churnExpected(seed):
+    """What ``churn(seed)`` returns, as ``[(size, value), ...]``."""
+    import random
+    rng = random.Random(seed)
+    sizes = [rng.choice((1 << 16, 1 << 20, 3 << 20, 6 << 20)) // 8
+             for _ in range(rng.randint(1, 4))]
+    return [(size, float(seed * 10 + k)) for k, size in enumerate(sizes)]
+
+
+def churn(seed):
+    """Arrays of several sizes made, kept across calls, dropped and
+    returned at random (the same randomness as ``churnExpected``); a
+    kept array is changed later, after it was returned."""
+    import random
+    import numpy
+    kept = _globals.setdefault("churn", [])
+    for array in kept:
+        array += 1000.0
+    out = [numpy.full(size, value)
+           for size, value in churnExpected(seed)]
+    rng = random.Random(-seed)
+    temporary = numpy.ones(rng.choice((1, 1 << 17, 1 << 19)))
+    if rng.random() < 0.3:
+        kept.append(out[0])
+    if len(kept) > 3 or rng.random() < 0.2:
+        del kept[:rng.randint(0, len(kept))]
+    del temporary
+    return out

@@ -328,6 +328,27 @@ class TestWriter:
         reader.feed(writer.take())
         assert reader.next().buffers == tuple(placed)
 
+    def test_redirect_pending_buffers(self, framing):
+        """``redirect`` points every pending descriptor of one region at
+        another, in every frame, and leaves the rest as they were."""
+        arena = FakeArena()
+        writer = framing.FrameWriter(1000, arena.allocate, arena.release,
+                                     lambda buffer: (2, 640))
+        writer.writeBytes(9, 1, b"no buffers")
+        writer.write(1, 2, [np.zeros(200), b"small"])
+        writer.write(1, 3, (np.ones(300),))
+        plain = framing.FrameWriter(1000, FakeArena().allocate)
+        plain.write(4, 5, np.arange(150.0))
+        assert writer.redirect(2, 640, 3, 4096) == 2
+        assert writer.redirect(2, 640, 3, 4096) == 0
+        assert plain.redirect(2, 640, 3, 4096) == 0
+        reader = framing.FrameReader()
+        reader.feed(writer.take())
+        frames = [reader.next() for _ in range(3)]
+        assert [f.buffers for f in frames] == [
+            (), ((3, 4096, 1600),), ((3, 4096, 2400),)]
+        assert bytes(frames[0].payload) == b"no buffers"
+
     def test_failing_dumps_gives_adopted_buffers_back(self, framing):
         released = []
         writer = framing.FrameWriter(

@@ -129,8 +129,8 @@ class TestArrays(ProcessTestCase):
         q = self.makeQueue()
         worker = self.workerOf(q)
         array = numpy.ones(LARGE // 8)
-        for _ in range(3):
-            yield q.call(procfuncs.twice, array)
+        for _ in range(5):      # as the loop below: one result kept
+            result = yield q.call(procfuncs.twice, array)
         segments = worker.arena.segmentCount
         generation = worker.process.replyGeneration
         for _ in range(20):
@@ -373,6 +373,30 @@ class TestArraysBornInArena(ProcessTestCase):
             self.assertFalse(grown[n:].any())
             self.assertEqual(len(grown), 2 * n)
             self.assertFalse(zeros.any())
+
+    @defer.inlineCallbacks
+    def test_churnKeepsEveryResultRight(self):
+        """Two pipelined workers make, keep, change and drop arrays of many
+        sizes at random while the caller keeps some results: every result
+        is right when it arrives, and still right at the end."""
+        q = self.makeQueue(2, pipelining=4)
+        kept = []
+        for batch in range(4):
+            seeds = range(batch * 15, batch * 15 + 15)
+            results = yield defer.gatherResults(
+                [q.call(procfuncs.churn, seed) for seed in seeds])
+            for seed, arrays in zip(seeds, results):
+                self.assertChurned(seed, arrays)
+                if seed % 4 == 0:
+                    kept.append((seed, arrays))
+        for seed, arrays in kept:
+            self.assertChurned(seed, arrays)
+
+    def assertChurned(self, seed, arrays):
+        expected = procfuncs.churnExpected(seed)
+        self.assertEqual([len(a) for a in arrays], [n for n, _ in expected])
+        for array, (_, value) in zip(arrays, expected):
+            self.assertTrue((array == value).all(), "seed {}".format(seed))
 
     @defer.inlineCallbacks
     def test_temporariesLargerThanTheArena(self):

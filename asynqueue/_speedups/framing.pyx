@@ -189,6 +189,36 @@ cdef class FrameWriter:
             "requestID", requestID, 0, UINT32_LIMIT)
         self.appendFrame(kindValue, flagsValue, requestValue, payload, [])
 
+    def redirect(self, segment, offset, newSegment, newOffset):
+        """Point the pending frames' buffers at ``(segment, offset)`` to
+        ``(newSegment, newOffset)`` instead; returns how many were."""
+        cdef uint32_t fromSegment = checkRange(
+            "segment", segment, 0, UINT32_LIMIT)
+        cdef uint64_t fromOffset = checkRange("offset", offset, 0, UINT64_MAX)
+        cdef uint32_t toSegment = checkRange(
+            "newSegment", newSegment, 0, UINT32_LIMIT)
+        cdef uint64_t toOffset = checkRange(
+            "newOffset", newOffset, 0, UINT64_MAX)
+        cdef Py_ssize_t position = 0, replaced = 0
+        cdef uint64_t payload
+        cdef uint32_t count, i
+        cdef unsigned char *p
+        while position < self.size:
+            p = self.data + position
+            payload = loadUInt64(p + 8)
+            count = loadUInt32(p + 16)
+            position += HEADER_BYTES
+            for i in range(count):
+                p = self.data + position
+                if loadUInt32(p) == fromSegment and \
+                        loadUInt64(p + 8) == fromOffset:
+                    storeUInt32(p, toSegment)
+                    storeUInt64(p + 8, toOffset)
+                    replaced += 1
+                position += DESCRIPTOR_BYTES
+            position += <Py_ssize_t>payload
+        return replaced
+
     def take(self):
         """All the frames written since the last take, as bytes."""
         data = PyBytes_FromStringAndSize(<char *>self.data, self.size)

@@ -135,6 +135,23 @@ class FrameWriter:
         """Append a frame with a ready-made ``payload`` and no buffers."""
         self._append(self._header(kind, requestID, flags), (), payload)
 
+    def redirect(self, segment, offset, newSegment, newOffset):
+        """Point the pending frames' buffers at ``(segment, offset)`` to
+        ``(newSegment, newOffset)`` instead; returns how many were."""
+        output, position, count = self._output, 0, 0
+        while position < len(output):
+            header = _HEADER.unpack_from(output, position)
+            position += _HEADER.size
+            for _ in range(header[6]):
+                fields = _DESCRIPTOR.unpack_from(output, position)
+                if (fields[0], fields[2]) == (segment, offset):
+                    _DESCRIPTOR.pack_into(output, position, newSegment, 0,
+                                          newOffset, fields[3])
+                    count += 1
+                position += _DESCRIPTOR.size
+            position += header[5]
+        return count
+
     def take(self):
         """All the frames written since the last take, as bytes."""
         data = bytes(self._output)
