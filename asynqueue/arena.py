@@ -169,9 +169,9 @@ def borrow(area, offset, length):
     when the last array made from it is gone, so that nothing is copied.
     The lease is a numpy array (out-of-band buffers come from numpy
     arrays, so numpy is there); without numpy, a private copy, and the
-    region is given back at once. So is an owned region that the lender's
-    numpy has not freed yet (its call kept the array): a copy keeps the
-    borrower's array private.
+    region is given back at once. So is, should one ever arrive, an owned
+    region that the lender's numpy still holds (a child copies a reply
+    array its call kept before sending): the borrower's array is private.
     """
     if offset < REGION_HEADER or length < 0 or offset + length > len(area):
         raise ValueError(
