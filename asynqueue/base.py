@@ -433,16 +433,12 @@ class TaskQueue:
         its outcome goes through ``taskDone`` (as its ``doneHook``, or, if
         ``recorded``, as a callback recorded for copies).
         """
-        if kw:
-            niceness = kw.pop("niceness", 0)
-            series = kw.pop("series", None)
-            timeout = kw.pop("timeout", None)
-            doNext = kw.pop("doNext", False)
-            doLast = kw.pop("doLast", False)
-            rf = kw.pop("returnFailure", self.returnFailure)
-        else:
-            niceness, series, timeout, doNext, doLast, rf = \
-                0, None, None, False, False, self.returnFailure
+        niceness = kw.pop("niceness", 0)
+        series = kw.pop("series", None)
+        timeout = kw.pop("timeout", None)
+        doNext = kw.pop("doNext", False)
+        doLast = kw.pop("doLast", False)
+        rf = kw.pop("returnFailure", self.returnFailure)
         task = self.taskFactory.new(func, args, kw, niceness, series, timeout)
         if doNext:
             task.rush()

@@ -386,7 +386,7 @@ class AssignmentFactory:
         Deferred that fires when a worker accepts it."""
         assignment = Assignment(task)
         d = assignment.d
-        self._place(assignment, task)
+        self._place(assignment)
         return d
 
     def place(self, task, taken=None):
@@ -394,9 +394,10 @@ class AssignmentFactory:
         ``taken()`` when one accepts it (or it is withdrawn). The task
         waits in the heap as its own assignment."""
         task.taken = taken
-        self._place(task, task)
+        self._place(task)
 
-    def _place(self, assignment, task):
+    def _place(self, assignment):
+        task = _taskOf(assignment)
         series = task.series
         heap = self.pending.get(series)
         if heap is None:
