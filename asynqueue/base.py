@@ -23,8 +23,9 @@ from .tasks import Task, TaskFactory, TaskHandler, cancelTasks
 
 __all__ = ["Priority", "LoadInfoProducer", "Queue", "TaskQueue"]
 
-#: The options (returnFailure, consumer, call ID) of most tasks, shared.
-_PLAIN = (False, None, None)
+#: The options (returnFailure, consumer, call ID) of most tasks, shared
+#: rather than made per task (one object less for the garbage collector).
+_SHARED_OPTIONS = {False: (False, None, None), True: (True, None, None)}
 #: How long after an error (with the default policy) the reactor stops.
 ERROR_STOP_DELAY = 1.0
 #: Statuses retried once before the task is given up.
@@ -117,7 +118,8 @@ class LoadInfoProducer:
 
     def _change(self, increment):
         """Adjust the count (never below 0) and report it."""
-        self.queued = max(0, self.queued + increment)
+        queued = self.queued + increment
+        self.queued = queued if queued > 0 else 0
         if self.producing:
             for consumer in self.consumers:
                 consumer.write(self.queued)
@@ -448,8 +450,9 @@ class TaskQueue:
             if hasattr(self, "info") else None
         task.cancelHook = self._cancelHook
         consumer = kw.get("consumer", None)
-        task.doneOptions = _PLAIN if rf is False and consumer is None and \
-            ID is None else (rf, consumer, ID)
+        task.doneOptions = _SHARED_OPTIONS[rf] \
+            if consumer is None and ID is None and type(rf) is bool \
+            else (rf, consumer, ID)
         if recorded:
             task.addCallback(self._taskDoneHook, task)
         else:

@@ -8,7 +8,13 @@ from zope.interface import Attribute, Interface, invariant
 
 from .errors import InvariantError
 
-__all__ = ["IWorker"]
+__all__ = ["IWorker", "NOT_READY"]
+
+#: What a worker's optional ``runOrWait(task, whenReady, arg)`` returns
+#: when it cannot take another task yet; it then calls ``whenReady(arg)``
+#: once it can. (``run`` without a Deferred per call: the TaskHandler uses
+#: it where a worker offers it.)
+NOT_READY = object()
 
 
 def _check_qualifications(ob):

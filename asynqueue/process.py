@@ -27,7 +27,7 @@ from .base import TaskQueue
 from .child import ProcessUniverse
 from .childprocess import (
     Call, ChildProcess, RemoteIterator, childEnvironment, exitText)
-from .interfaces import IWorker
+from .interfaces import IWorker, NOT_READY
 from .iteration import Deferator
 from .arena import CallArena
 from .shm import sweepOrphans
@@ -214,6 +214,15 @@ class ProcessWorker:
 
     def run(self, task):
         """Send ``task`` to the child; fires when I can take another."""
+        d = defer.Deferred()
+        if self.runOrWait(task, d.callback, None) is not NOT_READY:
+            d.callback(None)
+        return d
+
+    def runOrWait(self, task, whenReady, arg):
+        """``run`` without a Deferred: send ``task``; None if I can take
+        another at once, else NOT_READY, and ``whenReady(arg)`` is called
+        once I can."""
         raw, consumer, vip = popWorkerOptions(task, self.raw)
         f, args, kw = task.callTuple
         call = Call(task, raw, consumer)
@@ -222,10 +231,9 @@ class ProcessWorker:
             self._updates.append(call.update)
         self._sendTo(self.child, call, f, args, kw)
         if self._inFlight() < self.pipelining:
-            return defer.succeed(None)
-        d = defer.Deferred()
-        self._readyWaiters.append(d)
-        return d
+            return None
+        self._readyWaiters.append((whenReady, arg))
+        return NOT_READY
 
     def _inFlight(self):
         return self._callsInFlight
@@ -321,9 +329,18 @@ class ProcessWorker:
     def _slotFreed(self):
         """A call finished: let a waiting request through."""
         if self._readyWaiters and self._inFlight() < self.pipelining:
-            self._readyWaiters.popleft().callback(None)
+            self._wake(*self._readyWaiters.popleft())
         if self._stopping:
             self._checkStopped()
+
+    @staticmethod
+    def _wake(whenReady, arg):
+        """Tell a waiter I can take another task; what it raises is logged
+        (it must not reach the pipe's reader)."""
+        try:
+            whenReady(arg)
+        except Exception:
+            log.err(None, "Telling the queue a worker is ready failed")
 
     def cancelTask(self, task):
         """Abandon a running task: its child is killed and replaced, and
@@ -387,7 +404,7 @@ class ProcessWorker:
             self.arena.close()
             sweepOrphans()
             while self._readyWaiters:
-                self._readyWaiters.popleft().callback(None)
+                self._wake(*self._readyWaiters.popleft())
             self._dStopped.callback(None)
 
     def crash(self):

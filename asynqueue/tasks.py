@@ -16,7 +16,7 @@ from twisted.python.failure import Failure
 from . import errors
 from ._speedups import scheduler
 from .info import Info
-from .interfaces import IWorker
+from .interfaces import IWorker, NOT_READY
 
 __all__ = [
     "Task", "TaskFactory", "Assignment", "AssignmentFactory", "TaskHandler",
@@ -136,13 +136,20 @@ class Task:
 
     __hash__ = object.__hash__
 
-    def accept(self, worker):
+    def accept(self, worker, whenReady=None, arg=None):
         """A worker took me from the AssignmentFactory's heap, where a
         task the queue places waits as its own assignment: tell ``taken``,
-        start my timer and return what ``worker.run`` returns."""
+        start my timer and return what ``worker.run`` returns. Given
+        ``whenReady``, a worker with ``runOrWait`` runs me through it
+        instead (no Deferred), returning None if ready at once and
+        NOT_READY if it will call ``whenReady(arg)`` once it is."""
         self._leaveHeap()
         self.worker = worker
         self.startTimer()
+        if whenReady is not None:
+            runOrWait = getattr(worker, "runOrWait", None)
+            if runOrWait is not None:
+                return runOrWait(self, whenReady, arg)
         return worker.run(self)
 
     def withdraw(self):
@@ -194,7 +201,8 @@ class Task:
                 result = hook(result, self)
             except Exception:
                 result = Failure()
-            if isinstance(result, defer.Deferred):
+            if defer.Deferred in type(result).__mro__:
+                # (Not isinstance: Deferred is an ABC, slow to rule out.)
                 self._waitingFor = result
                 result.addBoth(self._retried)
                 return
@@ -443,9 +451,14 @@ class AssignmentFactory:
         worker, series = request
         worker.assignments[series].remove(request)
         try:
-            dReady = assignment.accept(worker)
+            if type(assignment) is Assignment:
+                dReady = assignment.accept(worker)
+            else:
+                dReady = assignment.accept(worker, self._readyAgain, request)
         except Exception:
             dReady = defer.fail()
+        if dReady is NOT_READY:
+            return
         if not isinstance(dReady, defer.Deferred):
             self._workerReady(dReady, worker, series)
         elif dReady.called and dReady.result is None:
@@ -453,6 +466,10 @@ class AssignmentFactory:
             self._workerReady(None, worker, series)
         else:
             dReady.addBoth(self._workerReady, worker, series)
+
+    def _readyAgain(self, request):
+        """A worker that ran a task through ``runOrWait`` is ready again."""
+        self._workerReady(None, *request)
 
     def _workerReady(self, result, worker, series):
         """The worker can take another task: file a new request, if it is

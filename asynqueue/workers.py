@@ -25,6 +25,8 @@ def popWorkerOptions(task, defaultRaw):
     -20 or lower).
     """
     kw = task.callTuple[2]
+    if not kw:
+        return defaultRaw, None, task.priority <= -20
     raw = kw.pop("raw", None)
     consumer = kw.pop("consumer", None)
     vip = kw.pop("doNext", False) or task.priority <= -20

@@ -5,6 +5,7 @@ once per session, and a closing table of asynqueue-to-peer ratios.
 
 Run: ``pytest benchmarks/`` (``--quick`` for a short smoke run).
 """
+import gc
 import math
 import os
 import sys
@@ -71,21 +72,36 @@ def fittedRounds(function, rounds, warmup, seconds):
     return min(MAX_ROUNDS, max(rounds, math.ceil(seconds / max(pace, 1e-9))))
 
 
+def collectGarbage():
+    """Run before each round, untimed: a full garbage collection. One of
+    the heap that pytest, the peers and earlier groups built up takes
+    70-220 ms on a 2-core VM, as long as a whole round of tiny calls, and
+    lands in whichever rounds happen to trigger it (5 of 8, say), so the
+    median said more about the collector than the contenders. Each round
+    still pays the collections that its own allocations set off (timeit
+    goes further and turns the collector off)."""
+    gc.collect()
+
+
 @pytest.fixture
 def record(benchmark):
-    """``record(function, name, rounds=3, warmup=1, seconds=None)``:
-    benchmark ``function`` (one round each call) under ``name`` and
-    remember its median for the ratio table of its group. With
-    ``seconds``, a fast contender runs more rounds, so that each one is
-    timed for about that long and a few slow moments of a shared machine
-    move its median less."""
-    def measure(function, name, rounds=3, warmup=1, seconds=None):
+    """``record(function, name, rounds=3, warmup=1, seconds=None,
+    collect=True)``: benchmark ``function`` (one round each call) under
+    ``name`` and remember its median for the ratio table of its group.
+    With ``seconds``, a fast contender runs more rounds, so that each one
+    is timed for about that long and a few slow moments of a shared
+    machine move its median less. Each round starts after a full garbage
+    collection (``collectGarbage``) unless ``collect`` is false."""
+    def measure(function, name, rounds=3, warmup=1, seconds=None,
+                collect=True):
         benchmark.extra_info["contender"] = name
+        benchmark.extra_info["collected"] = collect
         if seconds is not None:
             rounds = fittedRounds(function, rounds, warmup, seconds)
             warmup = 0
         benchmark.pedantic(function, rounds=rounds, iterations=1,
-                           warmup_rounds=warmup)
+                           warmup_rounds=warmup,
+                           setup=collectGarbage if collect else None)
         RESULTS[(benchmark.group, name)] = benchmark.stats.stats.median
     return measure
 

@@ -176,8 +176,13 @@ def report(data, command, directory=DOCS):
         "Command: `{}`, then `python benchmarks/report.py` wrote this "
         "page. Every group runs asynqueue and its peers on "
         "the same workload in the same run; ratios are of median times, "
-        "so above 1 asynqueue is faster. Timings on shared machines vary "
-        "by 20% or more from run to run.".format(command), ""]
+        "so above 1 asynqueue is faster. Each round starts after a full "
+        "garbage collection, untimed, so that a collection of the whole "
+        "suite's heap (70-220 ms on a 2-core VM) does not land in some "
+        "rounds and not others; the group \"garbage collection at "
+        "chance\" shows tiny calls without it. Timings on shared "
+        "machines vary by 20% or more from run to run.".format(command),
+        ""]
     for name, plot, caption in (
             ("perf-arrays.png", plotArrays, "Array throughput by size"),
             ("perf-workers.png", plotWorkers, "mcm speedup by workers")):

@@ -61,27 +61,33 @@ def tinyCount(quick):
     return 200 if quick else 5000
 
 
-#: Rounds of each tiny-call contender: a full garbage collection lands in
-#: some rounds and not others, so three are too few for a steady median.
+#: Rounds of each tiny-call contender: this machine's speed swings from
+#: one moment to the next, and a round is short, so three are too few.
 TINY_ROUNDS = 7
 
 
 # --- Tiny calls, all issued at once ---------------------------------------
 
+def tinyOnAsynqueue(aq, runReactor, n):
+    return lambda: runReactor(lambda: defer.gatherResults(
+        [aq.call(inc, i) for i in range(n)]))
+
+
+def tinyOnExecutor(executor, n):
+    return lambda: [f.result() for f in
+                    [executor.submit(inc, i) for i in range(n)]]
+
+
 @pytest.mark.benchmark(group="tiny calls, all at once")
 def test_tinyAsynqueue(benchmark, record, aq, runReactor, quick):
-    n = tinyCount(quick)
-    record(lambda: runReactor(lambda: defer.gatherResults(
-        [aq.call(inc, i) for i in range(n)])), "asynqueue",
-        rounds=TINY_ROUNDS)
+    record(tinyOnAsynqueue(aq, runReactor, tinyCount(quick)), "asynqueue",
+           rounds=TINY_ROUNDS)
 
 
 @pytest.mark.benchmark(group="tiny calls, all at once")
 def test_tinyProcessPoolExecutor(benchmark, record, ppe, quick):
-    n = tinyCount(quick)
-    record(lambda: [f.result() for f in
-                    [ppe.submit(inc, i) for i in range(n)]],
-           "ProcessPoolExecutor", rounds=TINY_ROUNDS)
+    record(tinyOnExecutor(ppe, tinyCount(quick)), "ProcessPoolExecutor",
+           rounds=TINY_ROUNDS)
 
 
 @pytest.mark.benchmark(group="tiny calls, all at once")
@@ -94,10 +100,26 @@ def test_tinyPoolApplyAsync(benchmark, record, pool, quick):
 
 @pytest.mark.benchmark(group="tiny calls, all at once")
 def test_tinyLoky(benchmark, record, loky, quick):
-    n = tinyCount(quick)
-    record(lambda: [f.result() for f in
-                    [loky.submit(inc, i) for i in range(n)]], "loky",
+    record(tinyOnExecutor(loky, tinyCount(quick)), "loky",
            rounds=TINY_ROUNDS)
+
+
+# The same, with full garbage collections left to land where they fall
+# (see collectGarbage): what a program with a heap as big as this suite's
+# sees, on average and from round to round.
+GC_AT_CHANCE = "tiny calls, all at once, garbage collection at chance"
+
+
+@pytest.mark.benchmark(group=GC_AT_CHANCE)
+def test_tinyGCAtChanceAsynqueue(benchmark, record, aq, runReactor, quick):
+    record(tinyOnAsynqueue(aq, runReactor, tinyCount(quick)), "asynqueue",
+           rounds=TINY_ROUNDS, collect=False)
+
+
+@pytest.mark.benchmark(group=GC_AT_CHANCE)
+def test_tinyGCAtChanceProcessPoolExecutor(benchmark, record, ppe, quick):
+    record(tinyOnExecutor(ppe, tinyCount(quick)), "ProcessPoolExecutor",
+           rounds=TINY_ROUNDS, collect=False)
 
 
 # --- One call at a time ---------------------------------------------------

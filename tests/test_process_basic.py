@@ -6,11 +6,14 @@ child sees of its parent (sys.path, working directory, environment).
 import os
 import sys
 
-from twisted.internet import defer
+from twisted.internet import defer, reactor
+from twisted.internet.task import deferLater
 
 from asynqueue import errors
 from asynqueue.base import TaskQueue
+from asynqueue.interfaces import NOT_READY
 from asynqueue.process import ProcessQueue, ProcessWorker
+from asynqueue.tasks import Task
 
 import procfuncs
 from proccase import ProcessTestCase
@@ -129,6 +132,58 @@ class TestOrdering(ProcessTestCase):
         self.assertEqual((yield busy), "released")
         self.assertEqual((yield first), "first")
         self.assertEqual((yield second), "released")
+
+
+class TestReadiness(ProcessTestCase):
+    """A worker tells when it can take another task: through the Deferred
+    of ``run`` (IWorker), or through ``runOrWait``'s hook, which the queue
+    uses."""
+
+    def task(self, x):
+        return Task(procfuncs.inc, (x,), {}, 0, None)
+
+    @defer.inlineCallbacks
+    def test_runFiresWhenReadyAgain(self):
+        worker = ProcessWorker(pipelining=2)
+        try:
+            first, second, third = (self.task(x) for x in (1, 2, 3))
+            self.assertTrue(worker.run(first).called)
+            ready = worker.run(second)
+            self.assertFalse(ready.called)
+            yield ready
+            self.assertTrue(first.d.called or second.d.called)
+            worker.run(third)
+            results = yield defer.gatherResults(
+                [first.d, second.d, third.d])
+            self.assertEqual(results, [(b'r', 2), (b'r', 3), (b'r', 4)])
+        finally:
+            yield worker.stop()
+
+    @defer.inlineCallbacks
+    def test_brokenReadyHookIsLoggedAndWorkerGoesOn(self):
+        """What ``whenReady`` raises is logged; it never reaches the
+        pipe's reader, and the worker keeps serving."""
+        worker = ProcessWorker(pipelining=1)
+        told = []
+
+        def broken(arg):
+            told.append(arg)
+            raise ZeroDivisionError(arg)
+        try:
+            task = self.task(1)
+            self.assertIs(worker.runOrWait(task, broken, "x"), NOT_READY)
+            self.assertEqual((yield task.d), (b'r', 2))
+            yield deferLater(reactor, 0, lambda: None)
+            self.assertEqual(told, ["x"])
+            self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 1)
+            task = self.task(2)
+            self.assertIs(worker.runOrWait(task, told.append, "y"), NOT_READY)
+            self.assertEqual((yield task.d), (b'r', 3))
+            yield deferLater(reactor, 0, lambda: None)
+            self.assertEqual(told, ["x", "y"])
+            self.assertTrue(worker.process.is_alive())
+        finally:
+            yield worker.stop()
 
 
 class TestErrorPolicy(ProcessTestCase):

@@ -9,6 +9,7 @@ from twisted.trial import unittest
 
 from asynqueue import errors
 from asynqueue._speedups import scheduler
+from asynqueue.interfaces import NOT_READY
 from asynqueue.tasks import (
     Assignment, AssignmentFactory, Task, TaskFactory, TaskHandler)
 
@@ -290,6 +291,60 @@ class TestAssignmentFactory(unittest.TestCase):
             af.new(makeTask())
         af.request(worker, None)
         self.assertEqual(len(worker.ran), 5000)
+
+    def test_placedTaskRunsThroughRunOrWait(self):
+        """A worker offering ``runOrWait`` gets placed tasks through it (no
+        Deferred per task): it asks for the next one only when it calls
+        ``whenReady``, and only while hired."""
+        af = AssignmentFactory()
+
+        class Waiting(FakeWorker):
+            def runOrWait(self, task, whenReady, arg):
+                self.ran.append(task)
+                self.ready = (whenReady, arg)
+                return NOT_READY
+        worker = Waiting()
+        tasks = [makeTask(p) for p in (1.0, 2.0, 3.0)]
+        for task in tasks:
+            af.place(task)
+        af.request(worker, None)
+        self.assertEqual(worker.ran, tasks[:1])
+        whenReady, arg = worker.ready
+        whenReady(arg)
+        self.assertEqual(worker.ran, tasks[:2])
+        worker.hired = False
+        whenReady, arg = worker.ready
+        whenReady(arg)
+        self.assertEqual(worker.ran, tasks[:2])
+        self.assertEqual(worker.assignments[None], [])
+
+    def test_runOrWaitReadyAtOnce(self):
+        """``runOrWait`` returning None means ready at once: the placed
+        tasks all run, in a loop."""
+        af = AssignmentFactory()
+
+        class Instant(FakeWorker):
+            def runOrWait(self, task, whenReady, arg):
+                self.ran.append(task)
+        worker = Instant()
+        for _ in range(5000):
+            af.place(makeTask())
+        af.request(worker, None)
+        self.assertEqual(len(worker.ran), 5000)
+
+    def test_assignmentsOfNewStillGetRun(self):
+        """``new``'s Assignments go through ``run`` (their Deferred
+        contract), even for a worker that offers ``runOrWait``."""
+        af = AssignmentFactory()
+
+        class Both(FakeWorker):
+            def runOrWait(self, task, whenReady, arg):
+                raise AssertionError("runOrWait used for an Assignment")
+        worker = Both()
+        af.request(worker, None)
+        task = makeTask()
+        self.assertTrue(af.new(task).called)
+        self.assertEqual(worker.ran, [task])
 
     def test_assignmentAccept(self):
         worker = FakeWorker()
