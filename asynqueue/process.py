@@ -30,7 +30,7 @@ from .childprocess import (
 from .interfaces import IWorker, NOT_READY
 from .iteration import Deferator
 from .arena import CallArena
-from .shm import sweepOrphans
+from .shm import closeAllOwned, sweepOrphans
 from .workers import iterationResult, popWorkerOptions
 
 __all__ = ["ProcessQueue", "ProcessWorker", "ProcessUniverse", "ProcessBase"]
@@ -485,9 +485,8 @@ class ProcessQueue(TaskQueue):
         frees the SharedArrays still open."""
         yield TaskQueue.shutdown(self)
         _liveQueues.discard(self)
-        if not _liveQueues and "asynqueue.shm" in sys.modules:
-            from .shm import SharedArray
-            SharedArray.closeAll()
+        if not _liveQueues:
+            closeAllOwned()
 
 
 class ProcessBase:

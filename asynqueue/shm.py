@@ -321,13 +321,14 @@ def _closeOwned(name):
         segment.close()
 
 
-def _closeAllOwned():
-    """Free every SharedArray this process still owns."""
+def closeAllOwned():
+    """Free every SharedArray this process still owns (without importing
+    numpy, which no SharedArray was made without)."""
     for name in list(_owned):
         _closeOwned(name)
 
 
-atexit.register(_closeAllOwned)
+atexit.register(closeAllOwned)
 
 
 class _SharedArrayMethods:
@@ -373,7 +374,7 @@ class _SharedArrayMethods:
     def closeAll(cls):
         """Free every SharedArray this process still owns (also done at
         exit)."""
-        _closeAllOwned()
+        closeAllOwned()
 
     @property
     def segment(self):

@@ -4,6 +4,7 @@ policy, ordering, series, queue keywords, raw results, updates, and what a
 child sees of its parent (sys.path, working directory, environment).
 """
 import os
+import subprocess
 import sys
 
 from twisted.internet import defer, reactor
@@ -376,3 +377,37 @@ class TestTransport(ProcessTestCase):
         self.queues.append(q)
         self.assertEqual((yield q.call(procfuncs.inc, 41)), 42)
         self.assertIs(q.workers()[0], worker)
+
+
+#: A whole ProcessQueue life in a fresh interpreter; prints whether numpy
+#: was imported in it.
+NO_NUMPY_SCRIPT = """
+import sys
+from twisted.internet import defer, reactor
+from asynqueue.process import ProcessQueue
+
+@defer.inlineCallbacks
+def main():
+    q = ProcessQueue(1)
+    results = yield defer.gatherResults([q.call(pow, 2, n) for n in range(5)])
+    assert results == [1, 2, 4, 8, 16], results
+    yield q.shutdown()
+    print("numpy" in sys.modules)
+
+reactor.callWhenRunning(lambda: main().addBoth(lambda _: reactor.stop()))
+reactor.run()
+"""
+
+
+class TestImports(ProcessTestCase):
+
+    def test_queueWithoutArraysNeverImportsNumpy(self):
+        """Calls and shutdown of a queue that sees no array leave numpy
+        unimported in the parent (shutdown once imported it to free
+        SharedArrays, costing a tenth of a second)."""
+        done = subprocess.run(
+            [sys.executable, "-c", NO_NUMPY_SCRIPT], capture_output=True,
+            text=True, timeout=60, env=dict(
+                os.environ, PYTHONPATH=os.pathsep.join(sys.path)))
+        self.assertEqual(done.stdout.strip().splitlines()[-1:], ["False"],
+                         done.stderr)
