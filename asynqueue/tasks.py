@@ -459,7 +459,7 @@ class AssignmentFactory:
             dReady = defer.fail()
         if dReady is NOT_READY:
             return
-        if not isinstance(dReady, defer.Deferred):
+        if dReady is None or defer.Deferred not in type(dReady).__mro__:
             self._workerReady(dReady, worker, series)
         elif dReady.called and dReady.result is None:
             # Ready at once, the common case: skip the callback machinery.
