@@ -86,22 +86,28 @@ def collectGarbage():
 @pytest.fixture
 def record(benchmark):
     """``record(function, name, rounds=3, warmup=1, seconds=None,
-    collect=True)``: benchmark ``function`` (one round each call) under
-    ``name`` and remember its median for the ratio table of its group.
+    collect=True, setup=None)``: benchmark ``function`` (one round each
+    call) under ``name`` and remember its median for the ratio table of
+    its group; ``setup``, if given, runs untimed before each round.
     With ``seconds``, a fast contender runs more rounds, so that each one
     is timed for about that long and a few slow moments of a shared
     machine move its median less. Each round starts after a full garbage
     collection (``collectGarbage``) unless ``collect`` is false."""
     def measure(function, name, rounds=3, warmup=1, seconds=None,
-                collect=True):
+                collect=True, setup=None):
         benchmark.extra_info["contender"] = name
         benchmark.extra_info["collected"] = collect
         if seconds is not None:
             rounds = fittedRounds(function, rounds, warmup, seconds)
             warmup = 0
+
+        def beforeRound():
+            if setup is not None:
+                setup()
+            if collect:
+                collectGarbage()
         benchmark.pedantic(function, rounds=rounds, iterations=1,
-                           warmup_rounds=warmup,
-                           setup=collectGarbage if collect else None)
+                           warmup_rounds=warmup, setup=beforeRound)
         RESULTS[(benchmark.group, name)] = benchmark.stats.stats.median
     return measure
 

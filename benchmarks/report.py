@@ -73,6 +73,9 @@ def details(info):
     if "median_us" in info:
         return "one call: {:.0f} µs median, {:.0f} µs p90".format(
             info["median_us"], info["p90_us"])
+    if "paired_speedup" in info:
+        return "{:.2f}x a 1-worker render run just before each".format(
+            info["paired_speedup"])
     return ""
 
 

@@ -30,3 +30,5 @@ def test_benchmarksRunQuickAndReport():
     assert "### tiny calls, all at once" in text
     assert "| **asynqueue** |" in text and "x faster" in text
     assert "µs p90" in text
+    assert "### tiny calls, all at once, garbage collection at chance" in text
+    assert "a 1-worker render run just before each" in text
