@@ -279,16 +279,21 @@ class TestAssignmentFactory(unittest.TestCase):
         self.assertEqual(len(worker.assignments[None]), 1)
 
     def test_synchronousWorkersDoNotRecurse(self):
-        """Thousands of tasks finishing at once are matched in a loop."""
+        """Thousands of tasks finishing at once are matched in a loop,
+        whether ``run`` fires at once (Assignments of ``new``) or
+        ``runOrWait`` returns None (placed tasks): ready at once."""
         af = AssignmentFactory()
 
         class Instant(FakeWorker):
             def run(self, task):
                 self.ran.append(task)
                 return defer.succeed(None)
+
+            def runOrWait(self, task, whenReady, arg):
+                self.ran.append(task)
         worker = Instant()
-        for _ in range(5000):
-            af.new(makeTask())
+        for i in range(5000):
+            (af.new if i % 2 else af.place)(makeTask())
         af.request(worker, None)
         self.assertEqual(len(worker.ran), 5000)
 
@@ -317,20 +322,6 @@ class TestAssignmentFactory(unittest.TestCase):
         whenReady(arg)
         self.assertEqual(worker.ran, tasks[:2])
         self.assertEqual(worker.assignments[None], [])
-
-    def test_runOrWaitReadyAtOnce(self):
-        """``runOrWait`` returning None means ready at once: the placed
-        tasks all run, in a loop."""
-        af = AssignmentFactory()
-
-        class Instant(FakeWorker):
-            def runOrWait(self, task, whenReady, arg):
-                self.ran.append(task)
-        worker = Instant()
-        for _ in range(5000):
-            af.place(makeTask())
-        af.request(worker, None)
-        self.assertEqual(len(worker.ran), 5000)
 
     def test_assignmentsOfNewStillGetRun(self):
         """``new``'s Assignments go through ``run`` (their Deferred
