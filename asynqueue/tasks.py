@@ -451,10 +451,12 @@ class AssignmentFactory:
         worker, series = request
         worker.assignments[series].remove(request)
         try:
-            if type(assignment) is Assignment:
-                dReady = assignment.accept(worker)
-            else:
+            if type(assignment).accept is Task.accept:
+                # A task placed as its own assignment, whose accept takes
+                # the hook (a subclass may override accept as 0.9 had it).
                 dReady = assignment.accept(worker, self._readyAgain, request)
+            else:
+                dReady = assignment.accept(worker)
         except Exception:
             dReady = defer.fail()
         if dReady is NOT_READY:

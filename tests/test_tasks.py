@@ -323,6 +323,26 @@ class TestAssignmentFactory(unittest.TestCase):
         self.assertEqual(worker.ran, tasks[:2])
         self.assertEqual(worker.assignments[None], [])
 
+    def test_taskSubclassWithOwnAcceptStillRuns(self):
+        """A Task subclass whose ``accept(worker)`` is its own (as in 0.9)
+        is accepted with the worker alone, and so through ``run``."""
+        af = AssignmentFactory()
+
+        class OwnAccept(Task):
+            def accept(self, worker):
+                self.acceptedBy = worker
+                return Task.accept(self, worker)
+
+        class Both(FakeWorker):
+            def runOrWait(self, task, whenReady, arg):
+                raise AssertionError("runOrWait used for an own accept")
+        worker = Both()
+        task = OwnAccept(plus, (1,), {}, 1.0, None)
+        af.place(task)
+        af.request(worker, None)
+        self.assertEqual(worker.ran, [task])
+        self.assertIs(task.acceptedBy, worker)
+
     def test_assignmentsOfNewStillGetRun(self):
         """``new``'s Assignments go through ``run`` (their Deferred
         contract), even for a worker that offers ``runOrWait``."""
