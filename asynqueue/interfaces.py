@@ -10,10 +10,8 @@ from .errors import InvariantError
 
 __all__ = ["IWorker", "NOT_READY"]
 
-#: What a worker's optional ``runOrWait(task, whenReady, arg)`` returns
-#: when it cannot take another task yet; it then calls ``whenReady(arg)``
-#: once it can. (``run`` without a Deferred per call: the TaskHandler uses
-#: it where a worker offers it.)
+#: What a worker's optional ``runOrWait`` returns when it cannot take
+#: another task yet (see ``IWorker.run``).
 NOT_READY = object()
 
 
@@ -51,7 +49,12 @@ class IWorker(Interface):
         The worker must eventually call ``task.callback((status, result))``
         with one of the one-byte status codes. It must pop ``consumer``,
         ``raw`` and ``doNext`` from the task's keywords before calling the
-        user's function, and treat ``task.priority <= -20`` as doNext."""
+        user's function, and treat ``task.priority <= -20`` as doNext.
+
+        A worker may also offer ``runOrWait(task, whenReady, arg)``, which
+        the queue then uses instead: the same, but it returns None if it
+        can take another task at once, else NOT_READY, and calls
+        ``whenReady(arg)`` once it can (no Deferred per task)."""
 
     def stop():
         """Return a Deferred that fires once every pending task's result has
