@@ -1,9 +1,8 @@
 """
 mcm end to end: a 2000x1600 render at -N 2000 through the Runner with 1
 and with more workers (the ratio is the speedup, also measured in pairs of
-renders; target 1.8x for 2), and
-the peak memory of a tall render against a short one (target: within
-1.5x).
+renders; target 1.8x for 2), and the peak memory of a tall render against
+a short one (target: within 1.5x).
 """
 import io
 import json
@@ -42,25 +41,27 @@ def test_mcmRender(benchmark, record, runReactor, quick, workers):
     the same moment."""
     N_values = QUICK_N_VALUES if quick else N_VALUES
     Nx = QUICK_NX if quick else NX
-    runners = [Runner(N_values, workers=workers)]
+    runner = Runner(N_values, workers=workers)
+    single = Runner(N_values, workers=1) if workers > 1 else None
     ones = []
-    if workers > 1:
-        runners.append(Runner(N_values, workers=1))
-    render = [lambda runner=runner: runReactor(
-        runner.run, io.BytesIO(), Nx, *VIEW) for runner in runners]
+
+    def renderWith(aRunner):
+        return runReactor(aRunner.run, io.BytesIO(), Nx, *VIEW)
 
     def renderOne():
         start = time.perf_counter()
-        render[1]()
+        renderWith(single)
         ones.append(time.perf_counter() - start)
     try:
         name = "asynqueue" if workers == 2 else "{:d} worker{}".format(
             workers, "" if workers == 1 else "s")
-        record(render[0], name, rounds=1 if quick else MCM_ROUNDS,
-               setup=renderOne if workers > 1 else None)
+        record(lambda: renderWith(runner), name,
+               rounds=1 if quick else MCM_ROUNDS,
+               setup=None if single is None else renderOne)
     finally:
-        for runner in runners:
-            runReactor(runner.shutdown)
+        for aRunner in (runner, single):
+            if aRunner is not None:
+                runReactor(aRunner.shutdown)
     if ones:
         times = benchmark.stats.stats.data
         benchmark.extra_info["paired_speedup"] = statistics.median(

@@ -69,11 +69,13 @@ TINY_ROUNDS = 7
 # --- Tiny calls, all issued at once ---------------------------------------
 
 def tinyOnAsynqueue(aq, runReactor, n):
+    """One round: ``n`` calls issued at once, gathered."""
     return lambda: runReactor(lambda: defer.gatherResults(
         [aq.call(inc, i) for i in range(n)]))
 
 
 def tinyOnExecutor(executor, n):
+    """One round: ``n`` futures submitted at once, then their results."""
     return lambda: [f.result() for f in
                     [executor.submit(inc, i) for i in range(n)]]
 
