@@ -104,9 +104,8 @@ class _Regions:
     def lendable(self, offset):
         """True if ``offset`` is that of an owned region that numpy holds
         and that is not lent."""
-        entry = self._lent.get(offset)
-        return entry is not None and not self._area[entry[0] + OWNER_DONE] \
-            and bool(self._area[entry[0] + GIVEN_BACK])
+        return self.ownerHolds(offset) and \
+            bool(self._area[self._lent[offset][0] + GIVEN_BACK])
 
     def lendOwned(self, offset):
         """Lend the owned region at ``offset`` as it is."""

@@ -201,8 +201,7 @@ class Task:
                 result = hook(result, self)
             except Exception:
                 result = Failure()
-            if defer.Deferred in type(result).__mro__:
-                # (Not isinstance: Deferred is an ABC, slow to rule out.)
+            if _isDeferred(result):
                 self._waitingFor = result
                 result.addBoth(self._retried)
                 return
@@ -341,6 +340,12 @@ def _dropCancelled(failure):
     failure.trap(CancelledError)
 
 
+def _isDeferred(obj):
+    """``isinstance(obj, Deferred)``, fast for what is not one: Deferred
+    is an ABC (an Awaitable), slow to rule out on a per-call path."""
+    return defer.Deferred in type(obj).__mro__
+
+
 def _taskOf(assignment):
     """The task of an item of the heap: an Assignment, or a Task placed
     as its own assignment."""
@@ -461,7 +466,7 @@ class AssignmentFactory:
             dReady = defer.fail()
         if dReady is NOT_READY:
             return
-        if dReady is None or defer.Deferred not in type(dReady).__mro__:
+        if not _isDeferred(dReady):
             self._workerReady(dReady, worker, series)
         elif dReady.called and dReady.result is None:
             # Ready at once, the common case: skip the callback machinery.

@@ -322,27 +322,24 @@ cdef bint placeBuffer(_BufferPlacer placer, Py_buffer *source,
         return True
     adopted = placer.adopt(raw) if placer.adopt is not None else None
     if adopted is not None:
-        segment, offset = adopted
-        placer.allocated.append((segment, offset))
-        placer.descriptors.append((
-            checkRange("segment", segment, 0, UINT32_LIMIT),
-            checkRange("offset", offset, 0, UINT64_MAX), nbytes))
-        return False
-    region = placer.allocate(nbytes)
-    if region is None:
-        return True
-    segment, offset, targetObject = region
+        (segment, offset), targetObject = adopted, None
+    else:
+        region = placer.allocate(nbytes)
+        if region is None:
+            return True
+        segment, offset, targetObject = region
     placer.allocated.append((segment, offset))
     segment = checkRange("segment", segment, 0, UINT32_LIMIT)
     offset = checkRange("offset", offset, 0, UINT64_MAX)
-    PyObject_GetBuffer(targetObject, &target, PyBUF_SIMPLE)
-    try:
-        if target.len != nbytes or target.readonly:
-            raise ValueError(REGION_ERROR.format(nbytes, target.len))
-        with nogil:
-            memcpy(target.buf, source.buf, nbytes)
-    finally:
-        PyBuffer_Release(&target)
+    if targetObject is not None:
+        PyObject_GetBuffer(targetObject, &target, PyBUF_SIMPLE)
+        try:
+            if target.len != nbytes or target.readonly:
+                raise ValueError(REGION_ERROR.format(nbytes, target.len))
+            with nogil:
+                memcpy(target.buf, source.buf, nbytes)
+        finally:
+            PyBuffer_Release(&target)
     placer.descriptors.append((segment, offset, nbytes))
     return False
 

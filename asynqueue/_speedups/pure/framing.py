@@ -210,25 +210,23 @@ class _BufferPlacer:
             return True
         adopted = self.adopt(raw) if self.adopt is not None else None
         if adopted is not None:
-            segment, offset = adopted
-            self.allocated.append((segment, offset))
-            self.descriptors.append((
-                _checkRange("segment", segment, 0, _UINT32_MAX),
-                _checkRange("offset", offset, 0, _UINT64_MAX), nbytes))
-            return False
-        region = self.allocate(nbytes)
-        if region is None:
-            return True
-        segment, offset, target = region
+            (segment, offset), target = adopted, None
+        else:
+            region = self.allocate(nbytes)
+            if region is None:
+                return True
+            segment, offset, target = region
         self.allocated.append((segment, offset))
         segment = _checkRange("segment", segment, 0, _UINT32_MAX)
         offset = _checkRange("offset", offset, 0, _UINT64_MAX)
-        with memoryview(target) as view:
-            if view.nbytes != nbytes or view.readonly:
-                raise ValueError(
-                    "allocate({}) must return a writable view of exactly "
-                    "that many bytes, not {} bytes".format(nbytes, view.nbytes))
-            view.cast("B")[:] = raw
+        if target is not None:
+            with memoryview(target) as view:
+                if view.nbytes != nbytes or view.readonly:
+                    raise ValueError(
+                        "allocate({}) must return a writable view of "
+                        "exactly that many bytes, not {} bytes".format(
+                            nbytes, view.nbytes))
+                view.cast("B")[:] = raw
         self.descriptors.append((segment, offset, nbytes))
         return False
 
