@@ -6,6 +6,7 @@ throughput against size and mcm's speedup against workers.
 
     python benchmarks/report.py                 # run the suite, then report
     python benchmarks/report.py --json run.json # report on an earlier run
+    python benchmarks/report.py --json a.json b.json -o docs/other.md
 """
 import argparse
 import datetime
@@ -47,8 +48,11 @@ def medians(data):
 
 
 def machine(data):
-    """A line naming the CPU, its cores and the Python."""
-    model = data.get("machine_info", {}).get("cpu", {}).get("brand_raw")
+    """A line naming the CPU, its cores and the Python of the machine that
+    ran the suite (as pytest-benchmark recorded it), else of this one."""
+    info = data.get("machine_info", {})
+    cpu = info.get("cpu", {})
+    model = cpu.get("brand_raw")
     if not model:
         try:
             with open("/proc/cpuinfo") as fh:
@@ -57,7 +61,15 @@ def machine(data):
         except (OSError, StopIteration):
             model = platform.processor() or "unknown CPU"
     return "{}, {} cores, Python {}, {}".format(
-        model, os.cpu_count(), platform.python_version(), platform.system())
+        model, cpu.get("count") or os.cpu_count(),
+        info.get("python_version") or platform.python_version(),
+        info.get("system") or platform.system())
+
+
+def measuredOn(data):
+    """The day the suite ran, as pytest-benchmark recorded it (else
+    today)."""
+    return (data.get("datetime") or datetime.date.today().isoformat())[:10]
 
 
 def timeText(seconds):
@@ -149,14 +161,17 @@ def plotArrays(groups, path):
 
 
 def plotWorkers(groups, path):
-    """mcm's speedup against its number of workers; False if not run."""
+    """mcm's speedup against its number of workers (paired with 1-worker
+    renders where the run noted it, else a ratio of medians); False if
+    not run."""
     contenders = groups.get(WORKERS_GROUP)
     if not contenders or "1 worker" not in contenders:
         return False
     points = []
-    for name, (median, _) in contenders.items():
+    for name, (median, info) in contenders.items():
         workers = 2 if name == US else int(name.split()[0])
-        points.append((workers, contenders["1 worker"][0] / median))
+        points.append((workers, info.get(
+            "paired_speedup", contenders["1 worker"][0] / median)))
     points.sort()
     top = points[-1][0]
     return savePlot(path, [(points, {"marker": "o", "label": "mcm"}),
@@ -168,14 +183,15 @@ def plotWorkers(groups, path):
                     title="mcm 2000x1600 -N 2000")
 
 
-def report(data, command, directory=DOCS):
+def report(data, command, directory=DOCS, plotPrefix="performance"):
     """The text of docs/performance.md, writing its plots into
-    ``directory`` (where the page goes)."""
+    ``directory`` (where the page goes) as ``plotPrefix-arrays.png`` and
+    ``plotPrefix-workers.png``."""
     groups = medians(data)
     lines = [
         "# asynqueue performance", "",
         "Measured {} on {}.".format(
-            datetime.date.today().isoformat(), machine(data)), "",
+            measuredOn(data), machine(data)), "",
         "Command: `{}`, then `python benchmarks/report.py` wrote this "
         "page. Every group runs asynqueue and its peers on "
         "the same workload in the same run; ratios are of median times, "
@@ -187,17 +203,34 @@ def report(data, command, directory=DOCS):
         "machines vary by 20% or more from run to run.".format(command),
         ""]
     for name, plot, caption in (
-            ("perf-arrays.png", plotArrays, "Array throughput by size"),
-            ("perf-workers.png", plotWorkers, "mcm speedup by workers")):
+            ("arrays", plotArrays, "Array throughput by size"),
+            ("workers", plotWorkers, "mcm speedup by workers")):
+        name = "{}-{}.png".format(plotPrefix, name)
         if plot(groups, os.path.join(directory, name)):
             lines += ["![{}]({})".format(caption, name), ""]
     return "\n".join(lines + tables(groups))
 
 
+def load(paths):
+    """The pytest-benchmark JSON of ``paths`` as one run: their benchmarks
+    together, under the first one's machine (for a suite run in parts)."""
+    data = None
+    for path in paths:
+        with open(path) as fh:
+            part = json.load(fh)
+        if data is None:
+            data = part
+        else:
+            data["benchmarks"] += part["benchmarks"]
+    return data
+
+
 def main(args=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--json", help="report on this pytest-benchmark JSON "
-                   "instead of running the suite")
+    p.add_argument("--json", nargs="+", metavar="FILE",
+                   help="report on pytest-benchmark JSON (one file, or "
+                   "several from parts of one run) instead of running the "
+                   "suite")
     p.add_argument("--quick", action="store_true",
                    help="run the suite in its quick (smoke) mode")
     p.add_argument("-o", "--output",
@@ -206,15 +239,14 @@ def main(args=None):
     directory = os.path.dirname(os.path.abspath(ns.output))
     os.makedirs(directory, exist_ok=True)
     if ns.json:
-        jsonPath, command = ns.json, "pytest benchmarks/ --benchmark-json " \
-            "FILE"
+        paths, command = ns.json, "pytest benchmarks/ --benchmark-json FILE"
     else:
-        jsonPath = os.path.join(tempfile.mkdtemp(), "benchmarks.json")
-        command = runSuite(jsonPath, ["--quick"] if ns.quick else [])
-    with open(jsonPath) as fh:
-        data = json.load(fh)
+        paths = [os.path.join(tempfile.mkdtemp(), "benchmarks.json")]
+        command = runSuite(paths[0], ["--quick"] if ns.quick else [])
+    data = load(paths)
+    plotPrefix = os.path.splitext(os.path.basename(ns.output))[0]
     with open(ns.output, "w") as fh:
-        fh.write(report(data, command, directory) + "\n")
+        fh.write(report(data, command, directory, plotPrefix) + "\n")
     print("wrote", ns.output)
 
 

@@ -26,9 +26,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def workerCounts():
-    """1, 2 and (on bigger machines) every core."""
+    """1, 2, and on bigger machines the powers of two up to every core and
+    every core itself: the points of the speedup plot."""
     cores = os.cpu_count() or 1
-    return sorted({1, 2, cores})
+    counts, power = {1, 2, cores}, 4
+    while power < cores:
+        counts.add(power)
+        power *= 2
+    return sorted(counts)
 
 
 @pytest.mark.benchmark(group="mcm 2000x1600 -N 2000, workers")
