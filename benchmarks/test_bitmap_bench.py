@@ -50,10 +50,12 @@ OUR_ENV = dict(os.environ, PYTHONPATH=ROOT)
 
 
 def cEnv(cores):
+    """The C program's environment: OpenMP on ``cores`` threads."""
     return dict(os.environ, OMP_NUM_THREADS=str(cores))
 
 
 def group(cores):
+    """The group of both contenders on ``cores`` cores."""
     return "benchmarks game mandelbrot, {:d} cores".format(cores)
 
 
