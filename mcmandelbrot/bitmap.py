@@ -9,6 +9,7 @@ written in order to standard output::
 import argparse
 import sys
 
+from .exiting import spareFinalCollections
 from .twins import choose
 
 __all__ = ["bitmapRows", "renderBitmap", "header", "main", "COMPILED"]
@@ -88,7 +89,10 @@ def main(args=None):
             await queue.shutdown()
         sys.stdout.buffer.flush()
 
-    task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(go(reactor)))
+    finally:
+        spareFinalCollections()
 
 
 if __name__ == "__main__":

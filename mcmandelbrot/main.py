@@ -15,6 +15,8 @@ import os
 import sys
 import tempfile
 
+from .exiting import spareFinalCollections
+
 __all__ = ["run", "main", "parseArgs", "UsageError"]
 
 #: Exit status for bad input (as argparse uses), and after Ctrl-C.
@@ -326,4 +328,6 @@ def _stopReactor(reactor):
 
 def main():
     """Console entry point of ``mcm`` and ``mcmandelbrot``."""
-    sys.exit(run())
+    status = run()
+    spareFinalCollections()
+    sys.exit(status)
