@@ -183,16 +183,21 @@ def plotWorkers(groups, path):
                     title="mcm 2000x1600 -N 2000")
 
 
-def report(data, command, directory=DOCS, plotPrefix="performance"):
+def report(data, command, directory=DOCS, plotPrefix="performance",
+           parts=1):
     """The text of docs/performance.md, writing its plots into
     ``directory`` (where the page goes) as ``plotPrefix-arrays.png`` and
-    ``plotPrefix-workers.png``."""
+    ``plotPrefix-workers.png``; ``parts`` is the number of runs of
+    ``command`` that measured it."""
     groups = medians(data)
+    command = "`{}`".format(command)
+    if parts > 1:
+        command += " (run in {:d} parts, one FILE each)".format(parts)
     lines = [
         "# asynqueue performance", "",
         "Measured {} on {}.".format(
             measuredOn(data), machine(data)), "",
-        "Command: `{}`, then `python benchmarks/report.py` wrote this "
+        "Command: {}, then `python benchmarks/report.py` wrote this "
         "page. Every group runs asynqueue and its peers on "
         "the same workload in the same run; ratios are of median times, "
         "so above 1 asynqueue is faster. Each round starts after a full "
@@ -246,7 +251,8 @@ def main(args=None):
     data = load(paths)
     plotPrefix = os.path.splitext(os.path.basename(ns.output))[0]
     with open(ns.output, "w") as fh:
-        fh.write(report(data, command, directory, plotPrefix) + "\n")
+        fh.write(report(data, command, directory, plotPrefix,
+                        len(paths)) + "\n")
     print("wrote", ns.output)
 
 

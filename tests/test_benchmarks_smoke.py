@@ -71,6 +71,7 @@ def test_reportJoinsPartsOfOneRun(tmp_path):
         timeout=120)
     text = page.read_text()
     assert "Measured 2026-01-02 on Test CPU, 64 cores, Python 3.99.1" in text
+    assert "(run in 2 parts, one FILE each)" in text
     assert "| 4 workers | 250 ms | 2.00x slower | 3.80x a 1-worker" in text
     assert "| ProcessPoolExecutor | 400 ms | 4.00x faster |" in text
     try:
