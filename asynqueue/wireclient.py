@@ -7,6 +7,7 @@ Import these from ``asynqueue.wire``.
 import hmac
 import os
 import weakref
+from itertools import count
 
 from twisted.internet import defer, endpoints, error, reactor
 from twisted.protocols import amp
@@ -15,13 +16,13 @@ from zope.interface import implementer
 
 from .interfaces import IWorker
 from .iteration import BatchFetcher, Deferator, Prefetcherator
-from .slots import SlotsWorker, relayTo
+from .slots import Call, SlotsWorker, relayTo
 from .util import o2p, p2o
 from .wireproto import (
     KEY_ENV, NONCE_BYTES, PROTOCOL_VERSION, Authenticate,
-    AuthenticationError, DropIterator, GetNext, Hello, NextBatch, RunTask,
-    WireError, WireProtocol, digest, dumpSections, log, packObject,
-    resolveKey, unpackObject)
+    AuthenticationError, CancelTask, DropIterator, GetNext, Hello,
+    NextBatch, RunTask, WireError, WireProtocol, digest, dumpSections, log,
+    packObject, resolveKey, unpackObject)
 from .wireserver import WireWorkerUniverse
 from .workers import iterationResult
 
@@ -38,6 +39,8 @@ class WireClientProtocol(WireProtocol):
         WireProtocol.__init__(self)
         self.worker = worker
         self.legacy = False
+        #: The server's protocol version (0 for a 0.9 server).
+        self.version = 0
 
     def locateResponder(self, name):
         """A server may call nothing on its clients."""
@@ -63,6 +66,7 @@ class WireClientProtocol(WireProtocol):
                     "but this worker has a key")
             self.legacy = True
             return
+        self.version = reply['version']
         if reply['keyed'] and key is None:
             raise AuthenticationError(
                 "The server requires a key: give WireWorker key=... or "
@@ -87,6 +91,20 @@ class WireClientProtocol(WireProtocol):
                 "The server could not prove that it has the key")
 
 
+class _WireCall(Call):
+    """A call to a WireServer, with the ID that RunTask gave it."""
+
+    __slots__ = ("ID",)
+
+    def __init__(self, task, raw, consumer):
+        Call.__init__(self, task, raw, consumer)
+        self.ID = None
+
+
+#: The first protocol version whose servers take CancelTask.
+CANCELLING_VERSION = 2
+
+
 @implementer(IWorker)
 class WireWorker(SlotsWorker):
     """
@@ -106,9 +124,13 @@ class WireWorker(SlotsWorker):
     A call that raises on the server comes back as an error (status
     ``e``), and I keep working. If the connection is lost, the calls in
     flight are handed back to the queue (status ``d``, retried once) and
-    I resign.
+    I resign. A call that times out or is cancelled is withdrawn if not
+    yet sent, else the server cancels what its method returned (a call
+    in a server thread runs on); its slot is free once the server
+    answers.
     """
 
+    callType = _WireCall
     pList = []
     tempDir = []
     cQualified = ['wire', 'remote']
@@ -129,6 +151,7 @@ class WireWorker(SlotsWorker):
         self.iterationBatch = iterationBatch
         self.key = resolveKey(key, keyFile)
         self.ap = None
+        self._callIDs = count(1)
         self._initSlots()
         self._state = "connecting"
         self._connectWaiters = []
@@ -256,6 +279,8 @@ class WireWorker(SlotsWorker):
             return self._deliver(call, (b'e', "Can't send {!r}: {}".format(
                 call.task, e)))
         self._inFlight.append(call)
+        if self.ap.version >= CANCELLING_VERSION:
+            call.ID = arguments['callID'] = next(self._callIDs)
         d = self.ap.callRemote(RunTask, **arguments)
         d.addCallback(self._answered, call)
         d.addErrback(self._callFailed, call)
@@ -288,6 +313,8 @@ class WireWorker(SlotsWorker):
 
     def _answered(self, response, call):
         status, result = response['status'], response['result']
+        if call.abandoned:
+            return self._answeredAbandoned(call, status, result, response)
         if status == b'r':
             return self._deliverLoaded(call, b'r', result, None)
         if status == b'c':
@@ -304,6 +331,32 @@ class WireWorker(SlotsWorker):
             return self._iteration(call, result)
         self._deliver(call, (b'e', "Unknown status {!r} from {}".format(
             status, self.description)))
+
+    def _answeredAbandoned(self, call, status, result, response):
+        """The answer to a call given up on: have the server forget the
+        iterator or big result it holds for it, and free its slot."""
+        held = status == b'i' or (
+            status == b'c' and response.get('payload') is None)
+        if held and not self.ap.legacy:
+            self.ap.callRemote(DropIterator, ID=result)
+        self._deliver(call, None)
+
+    def cancelTask(self, task):
+        """Abandon ``task`` (timed out or cancelled): withdraw it if not
+        yet sent, else ask the server to cancel it. The queue has already
+        failed its Deferred."""
+        for call in list(self._waiting) + self._inFlight:
+            if call.task is task and not call.abandoned:
+                call.abandoned = True
+                if task in self.tasks:
+                    self.tasks.remove(task)
+                if call in self._waiting:
+                    self._waiting.remove(call)
+                    self._wakeReady()
+                    self._checkStopped()
+                elif call.ID is not None and self._state == "ready":
+                    self.ap.callRemote(CancelTask, callID=call.ID)
+                return
 
     def _deliverLoaded(self, call, status, inline, sections):
         try:

@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 __all__ = [
     "RunTask", "GetNext", "Hello", "Authenticate", "NextBatch",
-    "DropIterator", "WireProtocol", "WireError", "AuthenticationError",
+    "CancelTask", "DropIterator", "WireProtocol", "WireError", "AuthenticationError",
     "resolveKey", "digest", "dumpSections", "loadSections", "packObject",
     "unpackObject", "checkExposure",
 ]
@@ -36,8 +36,9 @@ KEY_ENV = "ASYNQUEUE_WIRE_KEY"
 KEYFILE_ENV = "ASYNQUEUE_WIRE_KEYFILE"
 #: The shortest key accepted (bytes).
 MIN_KEY_BYTES = 16
-#: The version of the protocol that Hello negotiates.
-PROTOCOL_VERSION = 1
+#: The version of the protocol that Hello negotiates: 2 adds RunTask's
+#: ``callID`` and CancelTask.
+PROTOCOL_VERSION = 2
 #: Bytes of each random challenge.
 NONCE_BYTES = 32
 #: The biggest pickle sent inside a box value (AMP allows 65,535 bytes);
@@ -91,7 +92,8 @@ class RunTask(amp.Command):
     (``b""`` for none). The response's ``status`` is ``e`` (``result`` is
     error text), ``n`` (None), ``r`` (``result`` is a pickle), ``i``
     (``result`` is an iterator ID) or ``c`` (a big result: an ID for
-    GetNext, or with ``streaming`` the pickle itself as a payload).
+    GetNext, or with ``streaming`` the pickle itself as a payload). A
+    ``callID`` (protocol version 2) names the call for CancelTask.
     """
     arguments = [
         (b'methodName', amp.String()),
@@ -99,6 +101,7 @@ class RunTask(amp.Command):
         (b'kw', amp.String()),
         (b'streaming', amp.Boolean(optional=True)),
         (b'payload', Payload()),
+        (b'callID', amp.Integer(optional=True)),
     ]
     response = [
         (b'status', amp.String()),
@@ -147,6 +150,15 @@ class NextBatch(amp.Command):
         (b'payload', Payload()),
         (b'moreLeft', amp.Boolean()),
     ]
+
+
+class CancelTask(amp.Command):
+    """Abandon the running call that RunTask named ``callID`` on this
+    connection (protocol version 2): the server cancels the Deferred its
+    method returned, and still answers the RunTask. A call running in a
+    thread cannot be stopped and runs on."""
+    arguments = [(b'callID', amp.Integer())]
+    requiresAnswer = False
 
 
 class DropIterator(amp.Command):

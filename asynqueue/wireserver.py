@@ -22,9 +22,9 @@ from .info import Info
 from .util import o2p, p2o
 from .wireproto import (
     BOX_LIMIT, NONCE_BYTES, PREAUTH_BOX_LIMIT, PROTOCOL_VERSION,
-    Authenticate, DropIterator, GetNext, Hello, NextBatch, RunTask,
-    WireProtocol, checkExposure, digest, log, packObject, resolveKey,
-    unpackObject)
+    Authenticate, CancelTask, DropIterator, GetNext, Hello, NextBatch,
+    RunTask, WireProtocol, checkExposure, digest, log, packObject,
+    resolveKey, unpackObject)
 
 __all__ = [
     "DEFAULT_WWU_FQN", "WireWorkerUniverse", "ChunkyString", "WireRunner",
@@ -77,7 +77,8 @@ class WireWorkerUniverse(amp.CommandLocator):
         return runner
 
     @RunTask.responder
-    def runTask(self, methodName, args, kw, streaming=None, payload=None):
+    def runTask(self, methodName, args, kw, streaming=None, payload=None,
+                callID=None):
         """Run my method ``methodName`` (pickled) with the pickled
         ``args`` and ``kw``: D→the RunTask response."""
         return self._runTask(methodName, args, kw, payload, streaming, None)
@@ -88,9 +89,12 @@ class WireWorkerUniverse(amp.CommandLocator):
         response."""
         return self.wr.getNext(ID)
 
-    def _runTask(self, methodName, args, kw, payload, streaming, owner):
+    def _runTask(self, methodName, args, kw, payload, streaming, owner,
+                 callID=None):
         """Load the call, check that it names one of my public methods,
-        and run it; anything wrong becomes an ``e`` response."""
+        and run it; anything wrong becomes an ``e`` response. A call with
+        a ``callID`` that runs in the reactor can be cancelled through
+        its connection ``owner``."""
         runner = self.wr
         try:
             name = p2o(methodName)
@@ -109,6 +113,9 @@ class WireWorkerUniverse(amp.CommandLocator):
                 "Couldn't run call '{}': {!r} is not a public method of "
                 "{}".format(text, name, type(self).__name__))
         d = runner.run(func, args, kw, owner=owner, streaming=streaming)
+        if callID is not None and owner is not None and \
+                not kw.get("thread"):
+            owner.trackCall(callID, d)
         return d.addCallback(_encodeResponse)
 
     def _method(self, name):
@@ -380,6 +387,8 @@ class WireServerProtocol(WireProtocol):
         self.key = server.key
         self.maxPayload = server.maxPayload
         self.iteratorIDs = set()
+        #: callID -> the Deferred of a call running in the reactor.
+        self.calls = {}
         self.serverNonce = self.clientNonce = None
         self._timer = None
         self.authenticated = self.key is None
@@ -398,6 +407,9 @@ class WireServerProtocol(WireProtocol):
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self.universe.wr.dropAll(self)
+        calls, self.calls = self.calls, {}
+        for d in calls.values():
+            d.cancel()
         WireProtocol.connectionLost(self, reason)
         self.server.factory.connectionEnded(self)
 
@@ -440,9 +452,28 @@ class WireServerProtocol(WireProtocol):
             self.key, b"server", self.clientNonce, self.serverNonce)}
 
     @RunTask.responder
-    def runTask(self, methodName, args, kw, streaming=None, payload=None):
+    def runTask(self, methodName, args, kw, streaming=None, payload=None,
+                callID=None):
         return self.universe._runTask(
-            methodName, args, kw, payload, streaming, self)
+            methodName, args, kw, payload, streaming, self, callID)
+
+    def trackCall(self, callID, d):
+        """Keep the Deferred of running call ``callID`` for CancelTask
+        (and for cancelling when the client goes) until it fires."""
+        if not d.called:
+            self.calls[callID] = d
+            d.addBoth(self._untrack, callID)
+
+    def _untrack(self, result, callID):
+        self.calls.pop(callID, None)
+        return result
+
+    @CancelTask.responder
+    def cancelTask(self, callID):
+        d = self.calls.pop(callID, None)
+        if d is not None:
+            d.cancel()
+        return {}
 
     @GetNext.responder
     def getNext(self, ID):

@@ -8,6 +8,7 @@ import gc
 import os
 import shutil
 import tempfile
+import threading
 
 import numpy as np
 from twisted.internet import defer, endpoints, protocol, reactor, task
@@ -30,6 +31,8 @@ class WireTestUniverse(misc.TestUniverse):
         self.held = []
         self.running = 0
         self.mostRunning = 0
+        self.cancelled = []
+        self.gate = threading.Event()
 
     def nothing(self):
         return None
@@ -69,6 +72,19 @@ class WireTestUniverse(misc.TestUniverse):
         held, self.held = self.held, []
         for d, value in held:
             d.callback(value)
+        self.gate.set()
+
+    def untilCancelled(self, name):
+        """A Deferred that fires only when cancelled, noting ``name``."""
+        self.running += 1
+        return defer.Deferred(lambda d: self.cancelled.append(name))
+
+    def gated(self, n):
+        """In a thread: wait for the test to open the gate, then return
+        an iterator of ``n`` items."""
+        self.running += 1
+        self.gate.wait(10)
+        return iter(range(n))
 
 
 class WireTestCase(unittest.TestCase):
@@ -584,3 +600,91 @@ class TestWireRunner(unittest.TestCase):
         d.callback(1)
         yield dShutdown
         self.assertEqual(results, [{'status': b'r', 'result': o2p(1)}])
+
+
+class TestCancelling(WireTestCase):
+    """A call given up on (cancelled, timed out, or its client gone) stops
+    on the server when it can, and its slot comes back."""
+
+    @defer.inlineCallbacks
+    def test_cancelledCallIsCancelledOnTheServer(self):
+        q, universe = yield self.serverAndQueue()
+        d = q.call("untilCancelled", "first")
+        yield waitUntil(lambda: universe.running, "the call to run")
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        yield waitUntil(lambda: universe.cancelled, "the server to cancel")
+        self.assertEqual(universe.cancelled, ["first"])
+        # One slot (N_concurrent=1), and it is free again.
+        self.assertEqual((yield q.call("add", 1, 2)), 3)
+
+    @defer.inlineCallbacks
+    def test_timedOutCallIsCancelledOnTheServer(self):
+        q, universe = yield self.serverAndQueue()
+        d = q.call("untilCancelled", "slow", timeout=0.1)
+        error = yield self.assertFailure(d, errors.TimeoutError)
+        self.assertIn("two tries", str(error))
+        # Timed out, abandoned and retried once: both runs were cancelled.
+        yield waitUntil(lambda: len(universe.cancelled) == 2, "cancels")
+        self.assertEqual(universe.cancelled, ["slow", "slow"])
+        self.assertEqual((yield q.call("add", 2, 2)), 4)
+
+    @defer.inlineCallbacks
+    def test_callNotYetSentIsWithdrawn(self):
+        server, description = yield self.startServer()
+        worker = self.makeWorker(description, N_concurrent=2)
+        q = self.makeQueue(worker)
+        # Still connecting: both calls wait in the worker.
+        dHold = q.call("hold", "never")
+        dAdd = q.call("add", 1, 1)
+        self.assertEqual(len(worker.tasks), 2)
+        dHold.cancel()
+        yield self.assertFailure(dHold, defer.CancelledError)
+        self.assertEqual((yield dAdd), 2)
+        self.assertEqual(server.wwu.mostRunning, 0)
+        self.assertEqual(worker.tasks, [])
+
+    @defer.inlineCallbacks
+    def test_callInAServerThreadRunsOnHoldingItsSlot(self):
+        q, universe = yield self.serverAndQueue(workerKw={"thread": True})
+        d = q.call("gated", 3)
+        yield waitUntil(lambda: universe.running, "the call to run")
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        dNext = q.call("add", 3, 4)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(dNext.called)
+        self.assertEqual(universe.cancelled, [])
+        universe.gate.set()
+        self.assertEqual((yield dNext), 7)
+        # The iterator its answer left on the server was dropped.
+        yield waitUntil(lambda: not universe.wr.iterators, "the drop")
+
+    @defer.inlineCallbacks
+    def test_lostClientsCallsAreCancelled(self):
+        q, universe = yield self.serverAndQueue()
+        d = q.call("untilCancelled", "orphan")
+        yield waitUntil(lambda: universe.running, "the call to run")
+        yield self.servers[0].factory.dropAll()
+        yield waitUntil(lambda: universe.cancelled, "the server to cancel")
+        self.assertEqual(universe.cancelled, ["orphan"])
+        # The worker resigned and the call waits for another one.
+        self.assertFalse(d.called)
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+
+    @defer.inlineCallbacks
+    def test_serverOfProtocolVersion1LetsTheCallFinish(self):
+        from asynqueue import wireserver
+        self.patch(wireserver, "PROTOCOL_VERSION", 1)
+        q, universe = yield self.serverAndQueue()
+        d = q.call("hold", "late")
+        yield waitUntil(lambda: universe.held, "the call to run")
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+        # No CancelTask went out: the call runs on, holding its slot.
+        dNext = q.call("add", 5, 5)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(dNext.called)
+        universe.release()
+        self.assertEqual((yield dNext), 10)
