@@ -688,3 +688,37 @@ class TestCancelling(WireTestCase):
         self.assertFalse(dNext.called)
         universe.release()
         self.assertEqual((yield dNext), 10)
+
+    @defer.inlineCallbacks
+    def test_cancellingStopsTheProcessBehindTheCall(self):
+        """A server method that hands its work to a ProcessQueue: the
+        client's cancel reaches that queue, whose worker kills the child
+        running it and starts another."""
+        universe = ProcessBackedUniverse()
+        try:
+            q, universe = yield self.serverAndQueue(universe=universe)
+            before = yield q.call("childPid")
+            d = q.call("sleepInChild", 60)
+            yield task.deferLater(reactor, 0.2, lambda: None)
+            d.cancel()
+            yield self.assertFailure(d, defer.CancelledError)
+            after = yield q.call("childPid")
+            self.assertNotEqual(after, before)
+        finally:
+            yield universe.pq.shutdown()
+
+
+class ProcessBackedUniverse(WireTestUniverse):
+    """A universe whose methods run their work in a ProcessQueue."""
+
+    def __init__(self, wireServer=None):
+        from asynqueue.process import ProcessQueue
+        super().__init__(wireServer)
+        self.pq = ProcessQueue(1, returnFailure=True)
+
+    def sleepInChild(self, seconds):
+        import time
+        return self.pq.call(time.sleep, seconds)
+
+    def childPid(self):
+        return self.pq.call(os.getpid)
