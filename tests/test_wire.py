@@ -607,12 +607,26 @@ class TestCancelling(WireTestCase):
     on the server when it can, and its slot comes back."""
 
     @defer.inlineCallbacks
+    def cancelWhenRunning(self, d, running):
+        """Cancel call ``d`` once ``running()``; it fails CancelledError."""
+        yield waitUntil(running, "the call to run")
+        d.cancel()
+        yield self.assertFailure(d, defer.CancelledError)
+
+    @defer.inlineCallbacks
+    def nextCallWaits(self, q):
+        """D→the Deferred of a call of 2 + 3 that, 50 ms on, still waits
+        for the worker's one slot."""
+        dNext = q.call("add", 2, 3)
+        yield task.deferLater(reactor, 0.05, lambda: None)
+        self.assertFalse(dNext.called)
+        return dNext
+
+    @defer.inlineCallbacks
     def test_cancelledCallIsCancelledOnTheServer(self):
         q, universe = yield self.serverAndQueue()
         d = q.call("untilCancelled", "first")
-        yield waitUntil(lambda: universe.running, "the call to run")
-        d.cancel()
-        yield self.assertFailure(d, defer.CancelledError)
+        yield self.cancelWhenRunning(d, lambda: universe.running)
         yield waitUntil(lambda: universe.cancelled, "the server to cancel")
         self.assertEqual(universe.cancelled, ["first"])
         # One slot (N_concurrent=1), and it is free again.
@@ -648,15 +662,11 @@ class TestCancelling(WireTestCase):
     def test_callInAServerThreadRunsOnHoldingItsSlot(self):
         q, universe = yield self.serverAndQueue(workerKw={"thread": True})
         d = q.call("gated", 3)
-        yield waitUntil(lambda: universe.running, "the call to run")
-        d.cancel()
-        yield self.assertFailure(d, defer.CancelledError)
-        dNext = q.call("add", 3, 4)
-        yield task.deferLater(reactor, 0.05, lambda: None)
-        self.assertFalse(dNext.called)
+        yield self.cancelWhenRunning(d, lambda: universe.running)
+        dNext = yield self.nextCallWaits(q)
         self.assertEqual(universe.cancelled, [])
         universe.gate.set()
-        self.assertEqual((yield dNext), 7)
+        self.assertEqual((yield dNext), 5)
         # The iterator its answer left on the server was dropped.
         yield waitUntil(lambda: not universe.wr.iterators, "the drop")
 
@@ -679,15 +689,11 @@ class TestCancelling(WireTestCase):
         self.patch(wireserver, "PROTOCOL_VERSION", 1)
         q, universe = yield self.serverAndQueue()
         d = q.call("hold", "late")
-        yield waitUntil(lambda: universe.held, "the call to run")
-        d.cancel()
-        yield self.assertFailure(d, defer.CancelledError)
+        yield self.cancelWhenRunning(d, lambda: universe.held)
         # No CancelTask went out: the call runs on, holding its slot.
-        dNext = q.call("add", 5, 5)
-        yield task.deferLater(reactor, 0.05, lambda: None)
-        self.assertFalse(dNext.called)
+        dNext = yield self.nextCallWaits(q)
         universe.release()
-        self.assertEqual((yield dNext), 10)
+        self.assertEqual((yield dNext), 5)
 
     @defer.inlineCallbacks
     def test_cancellingStopsTheProcessBehindTheCall(self):
