@@ -50,7 +50,15 @@ class WireWorkerUniverse(amp.CommandLocator):
     ``ws`` is the WireServer serving me, if any. My ``runTask`` and
     ``getNext`` answer RunTask and GetNext for an ``amp.AMP(locator=me)``
     of your own; a WireServer answers for me, per connection.
+
+    When a client gives up on a call (it timed out, was cancelled, or the
+    client went away), a WireServer cancels the Deferred my method
+    returned; set ``cancelAbandoned = False`` if my methods hand out
+    Deferreds that other callers share.
     """
+
+    #: Cancel what a method returned when its client gives up on the call.
+    cancelAbandoned = True
 
     @classmethod
     def check(cls, instance):
@@ -114,7 +122,7 @@ class WireWorkerUniverse(amp.CommandLocator):
                 "{}".format(text, name, type(self).__name__))
         d = runner.run(func, args, kw, owner=owner, streaming=streaming)
         if callID is not None and owner is not None and \
-                not kw.get("thread"):
+                self.cancelAbandoned and not kw.get("thread"):
             owner.trackCall(callID, d)
         return d.addCallback(_encodeResponse)
 

@@ -50,8 +50,8 @@ class Writable:
         self._wake()
 
     def _wake(self):
-        if self._waiting is not None:
-            d, self._waiting = self._waiting, None
+        d, self._waiting = self._waiting, None
+        if d is not None and not d.called:
             d.callback(self._take())
 
     def _take(self):
@@ -63,10 +63,12 @@ class Writable:
         return chunk
 
     def getNext(self):
-        """D→the bytes written since the last call; None at the end."""
+        """D→the bytes written since the last call; None at the end. A
+        wait that is cancelled (its client gave up) takes nothing: the
+        bytes go to the next call."""
         if self.data or self.closed:
             return defer.succeed(self._take())
-        if self._waiting is None:
+        if self._waiting is None or self._waiting.called:
             self._waiting = defer.Deferred()
         return self._waiting
 

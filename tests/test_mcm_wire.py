@@ -36,6 +36,21 @@ class WritableTest(unittest.TestCase):
         w.close()
         self.assertIsNone(self.successResultOf(w.getNext()))
 
+    def test_cancelledWaitLosesNothing(self):
+        """A server cancels a call whose client gave up: the bytes that
+        come later go to the next call."""
+        w = Writable()
+        d = w.getNext()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        w.write(b"late")
+        self.assertEqual(self.successResultOf(w.getNext()), b"late")
+        d = w.getNext()
+        d.cancel()
+        self.failureResultOf(d, defer.CancelledError)
+        w.close()
+        self.assertIsNone(self.successResultOf(w.getNext()))
+
 
 class RemoteRunnerTest(unittest.TestCase):
 

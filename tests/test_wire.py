@@ -684,6 +684,17 @@ class TestCancelling(WireTestCase):
         yield self.assertFailure(d, defer.CancelledError)
 
     @defer.inlineCallbacks
+    def test_universeMayKeepItsCallsRunning(self):
+        universe = WireTestUniverse()
+        universe.cancelAbandoned = False
+        q, universe = yield self.serverAndQueue(universe=universe)
+        d = q.call("hold", "shared")
+        yield self.cancelWhenRunning(d, lambda: universe.held)
+        dNext = yield self.nextCallWaits(q)
+        universe.release()
+        self.assertEqual((yield dNext), 5)
+
+    @defer.inlineCallbacks
     def test_serverOfProtocolVersion1LetsTheCallFinish(self):
         from asynqueue import wireserver
         self.patch(wireserver, "PROTOCOL_VERSION", 1)
