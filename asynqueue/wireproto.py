@@ -22,8 +22,8 @@ from twisted.protocols import amp
 from zope.interface import implementer
 
 __all__ = [
-    "RunTask", "GetNext", "Hello", "Authenticate", "NextBatch",
-    "CancelTask", "DropIterator", "WireProtocol", "WireError", "AuthenticationError",
+    "RunTask", "GetNext", "Hello", "Authenticate", "NextBatch", "CancelTask",
+    "DropIterator", "WireProtocol", "WireError", "AuthenticationError",
     "resolveKey", "digest", "dumpSections", "loadSections", "packObject",
     "unpackObject", "checkExposure",
 ]
