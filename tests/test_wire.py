@@ -684,27 +684,29 @@ class TestCancelling(WireTestCase):
         yield self.assertFailure(d, defer.CancelledError)
 
     @defer.inlineCallbacks
-    def test_universeMayKeepItsCallsRunning(self):
-        universe = WireTestUniverse()
-        universe.cancelAbandoned = False
-        q, universe = yield self.serverAndQueue(universe=universe)
-        d = q.call("hold", "shared")
+    def assertCancelledCallRunsOn(self, q, universe):
+        """Cancel a running call of ``hold``: it runs on, holding the one
+        slot, until the test releases it."""
+        d = q.call("hold", "on")
         yield self.cancelWhenRunning(d, lambda: universe.held)
         dNext = yield self.nextCallWaits(q)
         universe.release()
         self.assertEqual((yield dNext), 5)
 
     @defer.inlineCallbacks
+    def test_universeMayKeepItsCallsRunning(self):
+        universe = WireTestUniverse()
+        universe.cancelAbandoned = False
+        q, universe = yield self.serverAndQueue(universe=universe)
+        yield self.assertCancelledCallRunsOn(q, universe)
+
+    @defer.inlineCallbacks
     def test_serverOfProtocolVersion1LetsTheCallFinish(self):
         from asynqueue import wireserver
         self.patch(wireserver, "PROTOCOL_VERSION", 1)
         q, universe = yield self.serverAndQueue()
-        d = q.call("hold", "late")
-        yield self.cancelWhenRunning(d, lambda: universe.held)
-        # No CancelTask went out: the call runs on, holding its slot.
-        dNext = yield self.nextCallWaits(q)
-        universe.release()
-        self.assertEqual((yield dNext), 5)
+        # No CancelTask goes out.
+        yield self.assertCancelledCallRunsOn(q, universe)
 
     @defer.inlineCallbacks
     def test_cancellingStopsTheProcessBehindTheCall(self):
