@@ -47,6 +47,12 @@ def _notifier(d):
     return observer
 
 
+def _isAwaitable(result):
+    """Whether ``result`` is a Deferred or a coroutine, which
+    ``maybeDeferred`` waits for."""
+    return isinstance(result, defer.Deferred) or inspect.iscoroutine(result)
+
+
 def _checkConsumer(consumer):
     """Raise ImplementationError unless ``consumer`` provides IConsumer."""
     if not IConsumer.providedBy(consumer):
@@ -253,11 +259,21 @@ class Deferator:
 
     def _readyItem(self):
         """
-        A fired Deferred of the next item if the fetcher has it at hand
-        (its object's ``nextReady()`` gives ``(value, isValid, moreLeft)``
-        without waiting, or None), else None: items of a batch fetched
-        from a worker then cost one Deferred each instead of a chain.
+        A fired Deferred of the next item if the fetcher has it at hand,
+        else None: items of a batch fetched from a worker then cost one
+        Deferred each instead of a chain.
         """
+        step = self._stepAtHand()
+        if step is None:
+            return None
+        d = self.dIterate = defer.succeed(step[0])
+        d.stop = self.stop
+        return d
+
+    def _stepAtHand(self):
+        """``(value, True)`` of the next item if the fetcher has it at hand
+        (its object's ``nextReady()`` gives ``(value, isValid, moreLeft)``
+        without waiting, or None), else None; no Deferred at all."""
         nextReady = self._nextReady
         if nextReady is None or not self.moreLeft or (
                 self.dIterate is not None and not self.dIterate.called):
@@ -266,9 +282,7 @@ class Deferator:
         if step is None or not step[1]:
             return None
         self.moreLeft = bool(step[2]) and not self.d.called
-        d = self.dIterate = defer.succeed(step[0])
-        d.stop = self.stop
-        return d
+        return step[0], True
 
     def stop(self):
         """End the iteration early: ``d`` fires False (unless it has already
@@ -513,16 +527,26 @@ class ListConsumer:
         return item
 
     def write(self, data):
-        """Process ``data``, with the producer paused meanwhile."""
+        """Process ``data``, with the producer paused meanwhile (an item
+        processed at once costs no Deferred)."""
         producer = self.producer
         if producer is not None:
             producer.pauseProducing()
         index = self.count
         self.count += 1
-        d = defer.maybeDeferred(self.processItem, data)
-        d.addCallback(self._store, index)
-        self.dPending[index] = d
-        d.addBoth(self._settle, index, producer)
+        try:
+            result = self.processItem(data)
+        except BaseException:
+            result = Failure()
+        if _isAwaitable(result):
+            d = defer.maybeDeferred(lambda: result)
+            d.addCallback(self._store, index)
+            self.dPending[index] = d
+            d.addBoth(self._settle, index, producer)
+            return
+        if not isinstance(result, Failure):
+            self._store(result, index)
+        self._settle(result, index, producer)
 
     def __call__(self):
         """D→the list of processed items in write order, when done."""
@@ -532,7 +556,7 @@ class ListConsumer:
         self.x[index] = result
 
     def _settle(self, result, index, producer):
-        del self.dPending[index]
+        self.dPending.pop(index, None)
         if isinstance(result, Failure) and self._failure is None:
             self._failure = result
         if producer is not None:
@@ -613,15 +637,21 @@ class IterationProducer:
 
     @defer.inlineCallbacks
     def _produce(self):
+        dr = self.dr
         try:
             while self.running:
-                yield self._untilResumed()
-                try:
-                    dItem = self.dr._nextItem()
-                except StopIteration:
-                    break
-                value, isValid = yield dItem
-                yield self._untilResumed()
+                if self.paused:
+                    yield self._untilResumed()
+                step = dr._stepAtHand()
+                if step is None:
+                    try:
+                        dItem = dr._nextItem()
+                    except StopIteration:
+                        break
+                    step = yield dItem
+                value, isValid = step
+                if self.paused:
+                    yield self._untilResumed()
                 if isValid and self.running:
                     self.consumer.write(value)
         finally:
