@@ -467,18 +467,13 @@ class DaskWorker(CallBatches, SlotsWorker):
     def cancelTask(self, task):
         """Abandon ``task`` (timed out or cancelled): it leaves the queue of
         calls not yet sent, or its Dask future is cancelled."""
-        for call in list(self._waiting) + self._inFlight:
-            if call.task is task:
-                call.abandoned = True
-                if call in self._waiting:
-                    self._waiting.remove(call)
-                else:
-                    self._inFlight.remove(call)
-                    self._loop.call_soon_threadsafe(self._cancelFuture, call)
-                if task in self.tasks:
-                    self.tasks.remove(task)
-                self._progress()
-                return
+        call, waiting = self._abandonCall(task)
+        if call is None:
+            return
+        if not waiting:
+            self._inFlight.remove(call)
+            self._loop.call_soon_threadsafe(self._cancelFuture, call)
+        self._progress()
 
     # --- Updates ---------------------------------------------------------
 

@@ -94,6 +94,22 @@ class SlotsWorker:
         while self._readyWaiters and (everyone or self._held() < self.slots):
             self._readyWaiters.popleft().callback(None)
 
+    def _abandonCall(self, task):
+        """Give up on the call of ``task`` (timed out or cancelled): mark
+        it abandoned, forget the task and withdraw the call if it still
+        waits here. ``(call, wasWaiting)``, or ``(None, False)`` if I have
+        no live call of ``task``."""
+        for call in list(self._waiting) + self._inFlight:
+            if call.task is task and not call.abandoned:
+                call.abandoned = True
+                if task in self.tasks:
+                    self.tasks.remove(task)
+                waiting = call in self._waiting
+                if waiting:
+                    self._waiting.remove(call)
+                return call, waiting
+        return None, False
+
     def _abandonAll(self):
         """Abandon every call; the unfinished tasks."""
         unfinished = list(self.tasks)

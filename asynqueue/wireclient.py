@@ -314,7 +314,7 @@ class WireWorker(SlotsWorker):
     def _answered(self, response, call):
         status, result = response['status'], response['result']
         if call.abandoned:
-            return self._answeredAbandoned(call, status, result, response)
+            return self._answeredAbandoned(call, response)
         if status == b'r':
             return self._deliverLoaded(call, b'r', result, None)
         if status == b'c':
@@ -332,31 +332,27 @@ class WireWorker(SlotsWorker):
         self._deliver(call, (b'e', "Unknown status {!r} from {}".format(
             status, self.description)))
 
-    def _answeredAbandoned(self, call, status, result, response):
+    def _answeredAbandoned(self, call, response):
         """The answer to a call given up on: have the server forget the
         iterator or big result it holds for it, and free its slot."""
+        status = response['status']
         held = status == b'i' or (
             status == b'c' and response.get('payload') is None)
         if held and not self.ap.legacy:
-            self.ap.callRemote(DropIterator, ID=result)
+            self.ap.callRemote(DropIterator, ID=response['result'])
         self._deliver(call, None)
 
     def cancelTask(self, task):
         """Abandon ``task`` (timed out or cancelled): withdraw it if not
         yet sent, else ask the server to cancel it. The queue has already
         failed its Deferred."""
-        for call in list(self._waiting) + self._inFlight:
-            if call.task is task and not call.abandoned:
-                call.abandoned = True
-                if task in self.tasks:
-                    self.tasks.remove(task)
-                if call in self._waiting:
-                    self._waiting.remove(call)
-                    self._wakeReady()
-                    self._checkStopped()
-                elif call.ID is not None and self._state == "ready":
-                    self.ap.callRemote(CancelTask, callID=call.ID)
-                return
+        call, waiting = self._abandonCall(task)
+        if waiting:
+            self._wakeReady()
+            self._checkStopped()
+        elif call is not None and call.ID is not None and \
+                self._state == "ready":
+            self.ap.callRemote(CancelTask, callID=call.ID)
 
     def _deliverLoaded(self, call, status, inline, sections):
         try:
